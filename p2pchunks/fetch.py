@@ -1,0 +1,163 @@
+"""The fetch policy: for every wanted chunk, cache → peers → hub, and when the hub.
+
+This module owns every rule that decides where a chunk comes from. It is pure: plain data in, decisions out; it
+imports no trio, socket, libtorrent or SQLite and reads no clock (elapsed times come in the ``View``).
+
+Theory of operation
+-------------------
+A chunk already in the cache is never fetched. Every other chunk of a manifest is wanted from the swarm at once
+(libtorrent's rarest-first; hot chunks get piece deadlines so they come first). The hub is the fallback, used
+for a chunk only when peers cannot serve it in time:
+
+* **nobody has it** (no connected peer holds the piece). If every node of a farm then asked the hub, the hub
+  would send the image N times. So the nodes that still lack a chunk split the hub work between them by
+  rendezvous hashing (highest random weight): each computes ``owner_of(chunk, candidates)`` over the same
+  set — itself plus its connected peers that are still downloading — and fetches from the hub only the chunks
+  it owns. Everything else arrives from its owner over the swarm. Before the first hub request a node waits
+  ``discovery_grace_s`` so that peers (LSD, DHT, trackers) have been found and the split is shared.
+* **its owner stalls**: a peer that has not completed a piece for ``owner_stall_s`` (or left) loses its share;
+  the others take it over.
+* **a hot chunk misses its deadline** (``hot_deadline_s`` after the job started): boot-critical chunks go to the
+  hub whoever owns them.
+* **peers are too slow**: when the torrent's payload rate from peers stays below ``peer_floor_bps`` for
+  ``peer_floor_window_s`` while chunks are wanted, chunks peers do have may also come from the hub.
+
+The hub is never asked for more than ``hub_slots`` chunks at once by one job, in fetch order (hot first, then
+the manifest's file order); an agent-wide hub rate budget is applied by the hub client.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+
+class Reason(enum.Enum):
+    """Why a chunk was sent to the hub (logged and counted)."""
+
+    ALONE = "no peer to share the hub work with"
+    OWNED = "ours by rendezvous and no peer has it"
+    OWNER_STALLED = "its owner stalled or left"
+    HOT_DEADLINE = "hot chunk past its deadline"
+    PEERS_TOO_SLOW = "peers slower than the floor"
+
+
+@dataclass(frozen=True)
+class FetchParams:
+    discovery_grace_s: float = 1.0
+    hot_deadline_s: float = 3.0
+    owner_stall_s: float = 5.0
+    peer_floor_bps: float = 64 * 1024
+    peer_floor_window_s: float = 10.0
+    hub_slots: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """A chunk the job still lacks."""
+
+    chunk_id: str
+    rank: int
+    """Position in the fetch order: hot chunks first (in hot order), then file order."""
+    hot: bool
+    availability: int
+    """How many connected peers hold it."""
+    owner: str
+    """``owner_of(chunk_id, view.candidates)``, computed once per candidate set by the caller."""
+
+
+@dataclass(frozen=True)
+class View:
+    """What the job knows of the swarm right now."""
+
+    me: str
+    candidates: frozenset[str]
+    """Rendezvous candidates: ``me`` plus the connected peers still downloading this manifest."""
+    elapsed_s: float
+    stalled: frozenset[str] = frozenset()
+    hub_inflight: frozenset[str] = frozenset()
+    slow_for_s: float = 0.0
+    """How long the payload rate from peers has been below the floor while chunks were wanted."""
+
+
+@dataclass(frozen=True, slots=True)
+class HubPick:
+    chunk_id: str
+    reason: Reason
+
+
+def owner_of(chunk_id: str, candidates: Iterable[str]) -> str:
+    """Rendezvous (highest random weight) hashing: the candidate that fetches ``chunk_id`` from the hub.
+
+    Every node computes the same owner from the same candidate set; when a candidate leaves, only its chunks move.
+    """
+    best, best_weight = "", b""
+    for candidate in candidates:
+        weight = hashlib.blake2b(f"{candidate}\0{chunk_id}".encode(), digest_size=8).digest()
+        if weight > best_weight or (weight == best_weight and candidate < best):
+            best, best_weight = candidate, weight
+    return best
+
+
+def fetch_order(hot: Sequence[str], files_order: Iterable[str]) -> list[str]:
+    """Distinct chunk ids, hot ones first (in hot order), then the rest in file order."""
+    seen: dict[str, None] = dict.fromkeys(hot)
+    for chunk_id in files_order:
+        seen.setdefault(chunk_id, None)
+    return list(seen)
+
+
+def pick_hub_chunks(wanted: Iterable[Wanted], view: View, params: FetchParams) -> list[HubPick]:
+    """The chunks to request from the hub now, in order, at most the free hub slots."""
+    free = params.hub_slots - len(view.hub_inflight)
+    if free <= 0 or view.elapsed_s < params.discovery_grace_s:
+        return []
+    alone = view.candidates <= {view.me}
+    peers_slow = view.slow_for_s >= params.peer_floor_window_s
+    hot_late = view.elapsed_s >= params.hot_deadline_s
+    picks: list[HubPick] = []
+    for chunk in sorted(wanted, key=lambda w: w.rank):
+        if chunk.chunk_id in view.hub_inflight:
+            continue
+        reason = _reason(chunk, view, alone=alone, peers_slow=peers_slow, hot_late=hot_late)
+        if reason is not None:
+            picks.append(HubPick(chunk.chunk_id, reason))
+            if len(picks) >= free:
+                break
+    return picks
+
+
+def _reason(chunk: Wanted, view: View, *, alone: bool, peers_slow: bool, hot_late: bool) -> Reason | None:
+    if chunk.availability > 0:
+        if chunk.hot and hot_late:
+            return Reason.HOT_DEADLINE
+        return Reason.PEERS_TOO_SLOW if peers_slow else None
+    if alone:
+        return Reason.ALONE
+    if chunk.owner == view.me:
+        return Reason.OWNED
+    if chunk.owner in view.stalled or chunk.owner not in view.candidates:
+        return Reason.OWNER_STALLED
+    if chunk.hot and hot_late:
+        return Reason.HOT_DEADLINE
+    return None
+
+
+@dataclass
+class StallTracker:
+    """Which peers have stopped making progress (pure bookkeeping; times are passed in)."""
+
+    stall_s: float
+    _last: dict[str, tuple[int, float]] | None = None
+
+    def update(self, progress: dict[str, int], now: float) -> frozenset[str]:
+        """``progress``: pieces held by each downloading peer. Returns the peers stalled for ``stall_s``."""
+        last = self._last or {}
+        fresh: dict[str, tuple[int, float]] = {}
+        for peer, pieces in progress.items():
+            seen = last.get(peer)
+            fresh[peer] = (pieces, now) if seen is None or pieces > seen[0] else seen
+        self._last = fresh
+        return frozenset(peer for peer, (_, since) in fresh.items() if now - since >= self.stall_s)
