@@ -1,0 +1,76 @@
+"""Configuration: defaults, TOML, env overrides, and clear refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from p2pchunks.config import Config, load_config, split_hostport
+from p2pchunks.errors import BadConfig
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+def test_defaults_need_no_file() -> None:
+    config = load_config(None, env={})
+    assert config == Config()
+    assert config.api.listen.startswith("127.0.0.1:")
+
+
+def test_file_then_env_override(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[agent]\nhub = "http://a/"\n[cache]\nbudget_bytes = 1000\n[swarm]\nbootstrap = ["h:1"]\n')
+    env = {
+        "P2PCHUNKS_AGENT_HUB": "zdb://b:9900/ns",
+        "P2PCHUNKS_SWARM_INBOUND": "false",
+        "P2PCHUNKS_SWARM_TRACKERS": "http://t1/announce, http://t2/announce",
+        "OTHER": "x",
+    }
+    config = load_config(path, env=env)
+    assert config.agent.hub == "zdb://b:9900/ns"
+    assert config.cache.budget_bytes == 1000
+    assert config.swarm.inbound is False
+    assert config.swarm.bootstrap == ["h:1"]
+    assert config.swarm.trackers == ["http://t1/announce", "http://t2/announce"]
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ("[nope]\na = 1\n", {}, "unknown config section [nope]"),
+        ("[agent]\ncolour = 1\n", {}, "unknown key agent.colour"),
+        ("[cache]\nbudget_bytes = 'lots'\n", {}, "cache.budget_bytes must be int"),
+        ("[swarm]\ninbound = 1\n", {}, "swarm.inbound must be true or false"),
+        ("[cache]\nhigh_watermark = 0.5\nlow_watermark = 0.7\n", {}, "watermarks"),
+        ("[agent]\nmode = 'leech'\n", {}, "agent.mode"),
+        ("[api]\nlisten = 'nocolon'\n", {}, "api.listen must be host:port"),
+        ("[fetch]\nhub_timeout_s = -1\n", {}, "must not be negative"),
+        ("agent = [", {}, "c.toml"),
+        ("", {"P2PCHUNKS_SWARM_INBOUND": "maybe"}, "P2PCHUNKS_SWARM_INBOUND='maybe'"),
+        ("", {"P2PCHUNKS_CACHE_BUDGET_BYTES": "12x"}, "P2PCHUNKS_CACHE_BUDGET_BYTES"),
+    ],
+)
+def test_bad_configs_are_refused_naming_the_key(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(BadConfig, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(path, env=env)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(BadConfig, match="cannot read config"):
+        load_config(tmp_path / "absent.toml", env={})
+
+
+@pytest.mark.parametrize("name", ["agent.toml", "seed.toml"])
+def test_shipped_configs_load(name: str) -> None:
+    config = load_config(DEPLOY / name, env={})
+    assert config.agent.mode == name.removesuffix(".toml").replace("agent", "node")
+
+
+def test_split_hostport() -> None:
+    assert split_hostport("127.0.0.2:80") == ("127.0.0.2", 80)
+    assert split_hostport("[::1]:9900") == ("::1", 9900)
+    with pytest.raises(BadConfig):
+        split_hostport("host")
