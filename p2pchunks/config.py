@@ -22,12 +22,13 @@ from .errors import BadConfig
 @dataclass(frozen=True)
 class AgentSection:
     cache_dir: str = "/var/cache/p2pchunks"
+    """Holds ``chunks/ab/cd/<id>``, ``index.sqlite3`` and ``manifests/``; also the swarm's save path."""
     hub: str = "http://127.0.0.1:8080/"
     """The hub: ``http(s)://host:port/`` (reference hub) or ``zdb://host:port/namespace`` (the zos hub)."""
     mode: str = "node"
     """``node`` or ``seed`` (a volunteer farmer node: publicly reachable, holds the official images)."""
     farm: str = ""
-    """Farm id, used by trackers to hand out nearby peers first."""
+    """Farm id, sent to seed trackers (``?farm=``) so they hand out peers of the same farm first."""
 
 
 @dataclass(frozen=True)
@@ -35,13 +36,17 @@ class CacheSection:
     budget_bytes: int = 0
     """0: no byte budget (the percent budget applies)."""
     budget_percent: float = 50.0
+    """Budget as a share of the filesystem holding the cache; the smaller of the two budgets applies."""
     high_watermark: float = 0.90
+    """Eviction starts when the cache holds more than this share of its budget."""
     low_watermark: float = 0.80
+    """... and stops below this share. Nothing is ever evicted for being old."""
 
 
 @dataclass(frozen=True)
 class ApiSection:
     listen: str = "127.0.0.1:7760"
+    """The local API (loopback by default)."""
     token: str = ""
     """Required (as ``Authorization: Bearer <token>``) when ``listen`` is not a loopback address."""
 
@@ -51,55 +56,83 @@ class SwarmSection:
     enabled: bool = True
     """False: hub only, as zos fetches today (the netsim baseline)."""
     listen: str = "0.0.0.0:6881"
+    """BitTorrent and DHT listener; a specific address is also used for outgoing connections."""
     inbound: bool = True
+    """False refuses every inbound connection (models strict NAT); DHT, LSD and outgoing stay alive."""
     utp: bool = True
+    """uTP besides TCP (slow on loopback: off in tests and the netsim)."""
     dht: bool = True
+    """The private grid DHT, bootstrapped from the seeds (never the public DHT bootstrap)."""
     lsd: bool = True
+    """Local service discovery: finds nodes of the same LAN/farm by multicast."""
     port_mapping: bool = False
+    """Ask the router for a port mapping (UPnP / NAT-PMP)."""
     upload_rate_bps: int = 0
+    """Upload cap in bytes/s (0: none)."""
     download_rate_bps: int = 0
+    """Download cap from peers in bytes/s (0: none)."""
     limit_local_peers: bool = False
+    """Apply the caps to LAN peers too (libtorrent exempts them by default)."""
     connections_limit: int = 200
+    """Most peer connections at once."""
     bootstrap_file: str = ""
     """Signed list of volunteer seeds (empty: the list shipped in the package)."""
     bootstrap: list[str] = field(default_factory=list)
     """Extra ``host:port`` DHT/BitTorrent endpoints of seeds, used as given (tests, private grids)."""
     trackers: list[str] = field(default_factory=list)
+    """Extra tracker announce URLs (seed trackers from the bootstrap list are added)."""
 
 
 @dataclass(frozen=True)
 class FetchSection:
     discovery_grace_s: float = 1.0
+    """Wait this long for peers before the first hub request of a job."""
     hot_deadline_s: float = 3.0
+    """Boot-critical chunks still missing this long after a job started come from the hub."""
     owner_stall_s: float = 5.0
+    """A peer that completes no piece for this long loses its share of the hub work."""
     peer_floor_bps: int = 64 * 1024
+    """Peers slower than this (bytes/s) ..."""
     peer_floor_window_s: float = 10.0
+    """... for this long: the hub may serve chunks peers have."""
     peer_wait_s: float = 2.0
     """On-demand reads: how long to wait for peers that have a chunk before asking the hub."""
     hub_slots: int = 8
+    """Hub requests in flight per job."""
     hub_concurrency: int = 16
+    """Hub requests in flight per agent."""
     hub_timeout_s: float = 10.0
+    """Per-request hub timeout."""
     hub_retries: int = 3
+    """Retries (jittered exponential backoff) after a hub timeout, 5xx, reset or corrupt chunk."""
     hub_rate_bps: int = 0
     """Hub budget of this agent (0: none)."""
     job_timeout_s: float = 3600.0
+    """A fetch or warm job that has not finished by then fails."""
 
 
 @dataclass(frozen=True)
 class TrackerSection:
     enabled: bool = False
+    """Run the HTTP tracker (``seed`` mode turns it on)."""
     listen: str = "0.0.0.0:6969"
+    """Tracker address (port-forward it on a seed)."""
     interval_s: int = 60
+    """Announce interval handed to peers."""
 
 
 @dataclass(frozen=True)
 class WarmSection:
     official: bool = True
+    """Keep the official images of the signed list warm."""
     official_file: str = ""
     """Signed list of official images (empty: the list shipped in the package)."""
     refresh_s: float = 6 * 3600.0
+    """How often the list and the images' manifests are re-checked."""
     max_start_delay_s: float = 1800.0
+    """Each node starts warming a new list at its own moment in this window (no hub storm)."""
     hub_rate_bps: int = 2 * 1024 * 1024
+    """Hub budget of warm-up (bytes/s, 0: none)."""
     trusted_keys: list[str] = field(default_factory=list)
     """Hex Ed25519 public keys trusted for signed lists, besides the release keys shipped in the package."""
 

@@ -74,3 +74,10 @@ def test_split_hostport() -> None:
     assert split_hostport("[::1]:9900") == ("::1", 9900)
     with pytest.raises(BadConfig):
         split_hostport("host")
+
+
+def test_configuration_reference_is_current() -> None:
+    from p2pchunks.configdoc import reference
+
+    current = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    assert current == reference(), "regenerate: python -m p2pchunks.configdoc > docs/configuration.md"
