@@ -13,9 +13,8 @@ A manifest is one canonical bencoded dict. Its *body* holds
     info        the BitTorrent v2 info dict of the image's distinct chunks (absent when there are none)
 
 and the signed form adds ``signature`` ({"key", "sig"} over the canonical bencoding of the body). The manifest id
-is the SHA-256 of that body, so a signature never changes it. The torrent is named ``chunks`` with one file per
-distinct chunk at ``chunks/<ab>/<cd>/<id>`` and a piece length ≥ the largest chunk, so piece *i* is exactly one
-chunk; pieces follow the sorted file tree (libtorrent's order), which is also the order of the chunk ids.
+is the SHA-256 of that body, so a signature never changes it. The torrent (see ``torrentinfo``) has one file
+and one piece per distinct chunk, in the sorted order of the chunk ids.
 
 Every ``Manifest`` is validated when it is built, so a decoded manifest is consistent: safe paths, sizes that add
 up, hot ids that exist, and an info dict whose files are exactly the distinct chunks with their sizes.
@@ -31,15 +30,15 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-import libtorrent as lt
 import nacl.signing
 
 from . import ids
 from .bencoding import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ITEMS, bdecode, bencode
 from .errors import BadManifest, BadSignature, ChunkNotFound
 from .signing import Signature, TrustedKeys, sign, verify
+from .torrentinfo import build_torrent_info, piece_length_for, pieces_of_info
 
 __all__ = [
     "FORMAT_VERSION",
@@ -56,15 +55,12 @@ __all__ = [
 FORMAT_VERSION = 1
 MAX_MANIFEST_BYTES = 32 * 1024 * 1024
 MAX_CHUNK_BYTES = 64 * 1024 * 1024
-MIN_PIECE_LENGTH = 16 * 1024
-TORRENT_NAME = b"chunks"
 NAME_RE = re.compile(r"\A[A-Za-z0-9._-]{1,128}\Z")
 _MAX_TEXT = 4096
 _MAX_KEY = 64
 _BODY_KEYS = frozenset({b"p2pchunks", b"name", b"version", b"chunk_size", b"files", b"hot", b"extra", b"info"})
 _REQUIRED = frozenset({b"p2pchunks", b"name", b"version", b"chunk_size", b"files", b"hot"})
 _FILE_KEYS = frozenset({b"path", b"size", b"mode", b"chunks", b"symlink"})
-_INFO_KEYS = frozenset({b"file tree", b"meta version", b"name", b"piece length"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +81,6 @@ class FileEntry:
     mode: int
     chunks: tuple[ChunkRef, ...] = ()
     symlink: str | None = None
-
-
-def piece_length_for(largest_chunk: int) -> int:
-    """The smallest power of two ≥ max(16 KiB, ``largest_chunk``)."""
-    return max(MIN_PIECE_LENGTH, 1 << max(0, largest_chunk - 1).bit_length())
 
 
 @dataclass(frozen=True)
@@ -125,7 +116,7 @@ class Manifest:
         else:
             if not sizes:
                 raise BadManifest("manifest has torrent info but no chunks")
-            pieces = _pieces_of_info(self.info, sizes)
+            pieces = pieces_of_info(self.info, sizes)
         object.__setattr__(self, "_sizes", sizes)
         object.__setattr__(self, "piece_ids", pieces)
         object.__setattr__(self, "body_bytes", bencode(self._body()))
@@ -346,47 +337,6 @@ def _check_hot(hot: tuple[str, ...], sizes: dict[str, int]) -> None:
             raise BadManifest(f"hot chunk {str(chunk_id)[:80]} is not a chunk of any file")
 
 
-def _pieces_of_info(info: dict[bytes, object], sizes: dict[str, int]) -> tuple[str, ...]:
-    """Check ``info`` against the distinct chunks; return the chunk id of each piece, in piece order."""
-    if not isinstance(info, dict) or set(info) != _INFO_KEYS:
-        raise BadManifest(f"info must hold exactly {sorted(_INFO_KEYS)}")
-    if info[b"meta version"] != 2 or info[b"name"] != TORRENT_NAME:
-        raise BadManifest("info must describe a v2 torrent named 'chunks'")
-    expected = piece_length_for(max(sizes.values()))
-    if info[b"piece length"] != expected:
-        raise BadManifest(f"info piece length {info[b'piece length']!r} is not {expected}")
-    pieces: list[str] = []
-    for ab, level1 in _sorted_dir(info[b"file tree"], "file tree"):
-        for cd, level2 in _sorted_dir(level1, ab):
-            for name, node in _sorted_dir(level2, f"{ab}/{cd}"):
-                where = f"info file tree {ab}/{cd}/{name[:70]}"
-                if not ids.is_chunk_id(name) or name[0:2] != ab or name[2:4] != cd:
-                    raise BadManifest(f"{where}: not a chunk path")
-                leaf = node.get(b"") if isinstance(node, dict) and len(node) == 1 else None
-                if not isinstance(leaf, dict) or set(leaf) != {b"length", b"pieces root"}:
-                    raise BadManifest(f"{where}: want one file with 'length' and 'pieces root'")
-                root = leaf[b"pieces root"]
-                if not isinstance(root, bytes) or len(root) != 32:
-                    raise BadManifest(f"{where}: 'pieces root' must be 32 bytes")
-                if name not in sizes:
-                    raise BadManifest(f"{where}: not a chunk of any file")
-                if leaf[b"length"] != sizes[name]:
-                    raise BadManifest(f"{where}: length {leaf[b'length']!r} but the chunk has {sizes[name]} bytes")
-                pieces.append(name)
-    if len(pieces) != len(sizes):
-        raise BadManifest(f"info has {len(pieces)} pieces for {len(sizes)} distinct chunks")
-    return tuple(pieces)
-
-
-def _sorted_dir(node: object, where: str) -> list[tuple[str, object]]:
-    if not isinstance(node, dict) or not node:
-        raise BadManifest(f"info {where}: want a non-empty directory")
-    try:  # the leaves check the names: a chunk id below its own ab/cd
-        return [(key.decode("ascii"), node[key]) for key in sorted(node)]
-    except (AttributeError, TypeError, UnicodeDecodeError):
-        raise BadManifest(f"info {where}: entries must be ASCII byte strings") from None
-
-
 # --- document ↔ dataclasses -----------------------------------------------------------------------------------
 
 
@@ -455,36 +405,6 @@ def _list(value: object, where: str) -> list[object]:
 
 
 # --- building -------------------------------------------------------------------------------------------------
-
-
-def build_torrent_info(directory: Path, chunks: Iterable[tuple[str, int]]) -> dict[bytes, object]:
-    """The deterministic v2 info dict of the distinct ``chunks``, hashed from ``<directory>/chunks/ab/cd/<id>``."""
-    sizes: dict[str, int] = {}
-    for chunk_id, size in chunks:
-        _check_chunk("torrent", ChunkRef(chunk_id, size), sizes)
-    if not sizes:
-        raise BadManifest("a torrent needs at least one chunk")
-    entries = []
-    for chunk_id in sorted(sizes):
-        relpath = PurePosixPath("chunks", ids.chunk_relpath(chunk_id))
-        local = Path(directory, relpath)
-        try:
-            actual = local.stat().st_size
-        except OSError as error:
-            raise BadManifest(f"cannot hash chunk {chunk_id}: {error.strerror or error}") from None
-        if actual != sizes[chunk_id]:
-            raise BadManifest(f"chunk file {local} has {actual} bytes, the manifest says {sizes[chunk_id]}")
-        entries.append(lt.create_file_entry(str(relpath), sizes[chunk_id]))
-    creator = lt.create_torrent(entries, piece_length_for(max(sizes.values())), lt.create_torrent.v2_only)
-    try:
-        lt.set_piece_hashes(creator, str(directory))
-    except RuntimeError as error:
-        raise BadManifest(f"cannot hash the chunks under {directory}: {error}") from None
-    torrent = bdecode(lt.bencode(creator.generate()))
-    info = torrent[b"info"] if isinstance(torrent, dict) else None
-    if not isinstance(info, dict):
-        raise BadManifest("libtorrent produced a torrent without an info dict")
-    return info
 
 
 def build_manifest(
