@@ -1,0 +1,502 @@
+"""The chunk cache: content-addressed chunk files on disk and their SQLite index.
+
+Owns: the files under ``<directory>/chunks/ab/cd/<id>`` (the rfs layout, shared with libtorrent, which reads and
+writes the same files), ``<directory>/index.sqlite3`` (WAL, ``synchronous=NORMAL``), atomic verified writes, pins
+(direct and through manifests), protection of chunks in use, applying the eviction plan, and reconciling the
+index with what is really on disk. It must not know HTTP or libtorrent: it only learns of libtorrent's files
+through ``adopt`` and tells the swarm of evictions through evict listeners.
+
+Invariants: a chunk is in the index only once its verified bytes sit, complete, at its final path; a write that
+fails at any point leaves neither a visible file nor a row. A cache hit never writes: last-access stamps are
+batched in memory and flushed by ``put``, ``gc``, ``close`` and ``flush_access``.
+
+Concurrency: the class is synchronous and thread-safe (trio callers use ``trio.to_thread.run_sync``). One SQLite
+connection, guarded by one lock; hashing and writing the bytes of a new chunk happen outside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+from .errors import CacheFull, ChunkCorrupt, ChunkNotFound, ManifestNotFound
+from .eviction import Candidate, EvictionPlan, Pin, Watermarks, effective_budget, plan_eviction
+from .ids import Verifier, chunk_relpath, default_verifier, is_chunk_id, validate_chunk_id
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T", bytes, int)
+
+TEMP_PREFIX = ".tmp-"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (id TEXT PRIMARY KEY, size INTEGER NOT NULL, last_access REAL NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pins (chunk_id TEXT PRIMARY KEY, pin INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS manifests (id TEXT PRIMARY KEY, name TEXT NOT NULL, pin INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS refs (manifest_id TEXT NOT NULL, chunk_id TEXT NOT NULL,
+    PRIMARY KEY (manifest_id, chunk_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS refs_by_chunk ON refs (chunk_id);
+PRAGMA user_version = 1;
+"""
+# A chunk's pin: the highest of its direct pin and the pins of the manifests that reference it.
+PIN_SQL = """MAX(COALESCE((SELECT pin FROM pins WHERE chunk_id = c.id), 0),
+    COALESCE((SELECT MAX(m.pin) FROM refs r JOIN manifests m ON m.id = r.manifest_id WHERE r.chunk_id = c.id), 0))"""
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    chunk_id: str
+    size: int
+    last_access: float
+    pin: Pin
+    manifests: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Usage:
+    chunks: int
+    bytes: int
+    budget_bytes: int
+    high_bytes: int
+    low_bytes: int
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    """``adopted``: valid unindexed files now indexed; ``removed_files``: unindexed files deleted (bad content, or
+    not a chunk at its place); ``dropped_rows``: rows whose file was gone or corrupt; ``corrupt``: files that failed
+    verification, indexed or not (all deleted); ``temp_removed``: leftover ``.tmp-`` files of interrupted writes."""
+
+    adopted: int
+    removed_files: int
+    dropped_rows: int
+    corrupt: int
+    temp_removed: int
+
+
+class ChunkCache:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        budget_bytes: int | None = None,
+        budget_percent: float | None = None,
+        high: float = 0.90,
+        low: float = 0.80,
+        verifier: Verifier = default_verifier,
+        clock: Callable[[], float] = time.time,
+        fsync: bool = True,
+    ) -> None:
+        self.directory = Path(directory)
+        self.chunk_dir = self.directory / "chunks"
+        self.chunk_dir.mkdir(parents=True, exist_ok=True)
+        stat = os.statvfs(self.directory)
+        budget = effective_budget(budget_bytes, budget_percent, stat.f_blocks * stat.f_frsize)
+        self.marks = Watermarks(budget, high, low)
+        self._verifier = verifier
+        self._clock = clock
+        self._fsync = fsync
+        self._lock = threading.Lock()
+        self._access: dict[str, float] = {}
+        self._protected: Counter[str] = Counter()
+        self._temps: set[str] = set()
+        self._listeners: list[Callable[[Sequence[str]], None]] = []
+        self._db = sqlite3.connect(self.directory / "index.sqlite3", check_same_thread=False)
+        try:
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.executescript(SCHEMA)
+            self._used = self._count = 0
+            self._recount_locked()
+        except BaseException:
+            self._db.close()
+            raise
+        self._closed = False
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._flush_locked()
+            finally:
+                self._closed = True
+                self._db.close()
+
+    def __enter__(self) -> ChunkCache:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    # ---- reading -------------------------------------------------------------------------------------------
+
+    def path_for(self, chunk_id: str) -> Path:
+        return self.chunk_dir / chunk_relpath(chunk_id)
+
+    def has(self, chunk_id: str) -> bool:
+        validate_chunk_id(chunk_id)
+        with self._lock:
+            return self._size_locked(chunk_id) is not None
+
+    def get(self, chunk_id: str) -> bytes:
+        """The chunk's bytes (not re-verified: ``reconcile(full=True)`` does that); records the access."""
+        return self._serve(chunk_id, Path.read_bytes)[1]
+
+    def locate(self, chunk_id: str) -> tuple[Path, int]:
+        """``(path, size)`` of a cached chunk, for zero-copy serving; records the access."""
+        return self._serve(chunk_id, lambda path: path.stat().st_size)
+
+    def _serve(self, chunk_id: str, read: Callable[[Path], _T]) -> tuple[Path, _T]:
+        """Read a hit and record the access; an entry whose file vanished or changed size is dropped."""
+        path = self.path_for(chunk_id)
+        with self._lock:
+            size = self._size_locked(chunk_id)
+        if size is None:
+            raise ChunkNotFound(chunk_id, "not in the cache")
+        try:
+            found = read(path)
+        except FileNotFoundError:
+            found = None
+        if found is None or (len(found) if isinstance(found, bytes) else found) != size:
+            log.warning("cache entry %s: its file %s is missing or has the wrong size: dropped", chunk_id, path)
+            self.remove(chunk_id)
+            raise ChunkNotFound(chunk_id, "its file was missing or damaged")
+        with self._lock:
+            self._access[chunk_id] = self._clock()
+        return path, found
+
+    # ---- writing -------------------------------------------------------------------------------------------
+
+    def put(self, chunk_id: str, data: bytes, *, manifest_id: str | None = None) -> bool:
+        """Verify, make room, write atomically, index. False if the chunk was already cached.
+
+        Raises :class:`ChunkCorrupt` (nothing written) or :class:`CacheFull` (it cannot fit even after eviction).
+        """
+        final = self.path_for(chunk_id)
+        with self._lock:
+            if self._size_locked(chunk_id) is not None:
+                with self._db:
+                    self._ref_locked(manifest_id, chunk_id)
+                return False
+        if not self._verifier(chunk_id, data):
+            raise ChunkCorrupt(chunk_id, "put")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._write_temp(final.parent, data)
+        evicted: list[str] = []
+        placed = False
+        try:
+            with self._lock:
+                if self._size_locked(chunk_id) is not None:
+                    return False
+                evicted = self._make_room_locked(chunk_id, len(data), strict=True)
+                os.replace(tmp, final)
+                placed = True
+                self._sync_dir(final.parent)
+                self._flush_locked()
+                with self._db:
+                    self._db.execute("INSERT INTO chunks VALUES (?, ?, ?)", (chunk_id, len(data), self._clock()))
+                    self._ref_locked(manifest_id, chunk_id)
+                placed = False
+                self._used += len(data)
+                self._count += 1
+                return True
+        finally:
+            if placed:
+                final.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
+            self._temps.discard(tmp.name)
+            self._notify(evicted)
+
+    def _write_temp(self, directory: Path, data: bytes) -> Path:
+        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
+        tmp = Path(name)
+        self._temps.add(tmp.name)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                os.fchmod(file.fileno(), 0o644)
+                file.write(data)
+                file.flush()
+                if self._fsync:
+                    os.fsync(file.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            self._temps.discard(tmp.name)
+            raise
+        return tmp
+
+    def adopt(self, chunk_id: str, *, manifest_id: str | None = None) -> bool:
+        """Index a file someone else (libtorrent) wrote at ``path_for(chunk_id)``; False if already indexed.
+
+        Raises :class:`ChunkNotFound` if there is no file, :class:`ChunkCorrupt` (and deletes it) if it is bad.
+        """
+        path = self.path_for(chunk_id)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ChunkNotFound(chunk_id, "no file to adopt") from None
+        if not self._verifier(chunk_id, data):
+            path.unlink(missing_ok=True)
+            raise ChunkCorrupt(chunk_id, "adopt")
+        if self._fsync:
+            with path.open("rb") as file:
+                os.fsync(file.fileno())
+            self._sync_dir(path.parent)
+        evicted: list[str] = []
+        try:
+            with self._lock:
+                fresh = self._index_locked(chunk_id, len(data), manifest_id)
+                if fresh:
+                    evicted = self._make_room_locked(chunk_id, 0, strict=False)
+                return fresh
+        finally:
+            self._notify(evicted)
+
+    def remove(self, chunk_id: str) -> bool:
+        """Delete a chunk's file and row; True if there was either."""
+        path = self.path_for(chunk_id)
+        with self._lock:
+            removed = self._delete_locked([chunk_id])
+            had_file = path.exists()
+            path.unlink(missing_ok=True)
+        self._notify(removed)
+        return bool(removed) or had_file
+
+    # ---- manifests and pins --------------------------------------------------------------------------------
+
+    def record_manifest(self, manifest_id: str, name: str, chunk_ids: Iterable[str], pin: Pin = Pin.NONE) -> None:
+        """Reference ``chunk_ids`` (present or not) from a manifest. Never lowers an existing pin of it."""
+        rows = [(manifest_id, validate_chunk_id(chunk_id)) for chunk_id in chunk_ids]
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT INTO manifests VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+                "pin = MAX(pin, excluded.pin)",
+                (manifest_id, name, int(pin)),
+            )
+            self._db.executemany("INSERT OR IGNORE INTO refs VALUES (?, ?)", rows)
+
+    def set_manifest_pin(self, manifest_id: str, pin: Pin) -> None:
+        with self._lock, self._db:
+            if self._db.execute("UPDATE manifests SET pin = ? WHERE id = ?", (int(pin), manifest_id)).rowcount == 0:
+                raise ManifestNotFound(f"no manifest {manifest_id!r} in the cache index")
+
+    def forget_manifest(self, manifest_id: str) -> None:
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM refs WHERE manifest_id = ?", (manifest_id,))
+            self._db.execute("DELETE FROM manifests WHERE id = ?", (manifest_id,))
+
+    def manifests(self) -> list[tuple[str, str, Pin]]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, name, pin FROM manifests ORDER BY name, id").fetchall()
+        return [(manifest_id, name, Pin(pin)) for manifest_id, name, pin in rows]
+
+    def pin_chunk(self, chunk_id: str, pin: Pin) -> None:
+        """Pin one chunk directly (present or not); ``Pin.NONE`` drops the direct pin."""
+        validate_chunk_id(chunk_id)
+        with self._lock, self._db:
+            if pin is Pin.NONE:
+                self._db.execute("DELETE FROM pins WHERE chunk_id = ?", (chunk_id,))
+            else:
+                self._db.execute("INSERT OR REPLACE INTO pins VALUES (?, ?)", (chunk_id, int(pin)))
+
+    def pin_of(self, chunk_id: str) -> Pin:
+        validate_chunk_id(chunk_id)
+        with self._lock:
+            (pin,) = self._db.execute(f"SELECT {PIN_SQL} FROM (SELECT ? AS id) c", (chunk_id,)).fetchone()
+        return Pin(pin)
+
+    # ---- usage and eviction --------------------------------------------------------------------------------
+
+    def usage(self) -> Usage:
+        marks = self.marks
+        with self._lock:
+            return Usage(self._count, self._used, marks.budget_bytes, marks.high_bytes, marks.low_bytes)
+
+    def entries(self, limit: int | None = None) -> list[CacheEntry]:
+        """Cached chunks in eviction order (the next victim first)."""
+        with self._lock:
+            self._flush_locked()
+            rows = self._db.execute(
+                f"SELECT c.id, c.size, c.last_access, {PIN_SQL} AS pin, (SELECT group_concat(manifest_id, ' ') "
+                "FROM (SELECT manifest_id FROM refs WHERE chunk_id = c.id ORDER BY manifest_id)) "
+                "FROM chunks c ORDER BY pin, c.last_access, c.id LIMIT ?",
+                (-1 if limit is None else limit,),
+            ).fetchall()
+        return [
+            CacheEntry(i, size, at, Pin(pin), tuple(refs.split()) if refs else ()) for i, size, at, pin, refs in rows
+        ]
+
+    @contextmanager
+    def protecting(self, chunk_ids: Iterable[str]) -> Iterator[None]:
+        """Keep ``chunk_ids`` from eviction while the block runs (nested blocks add up)."""
+        ids = list(chunk_ids)
+        with self._lock:
+            self._protected.update(ids)
+        try:
+            yield
+        finally:
+            with self._lock:
+                for chunk_id in ids:
+                    self._protected[chunk_id] -= 1
+                    if self._protected[chunk_id] <= 0:
+                        del self._protected[chunk_id]
+
+    def gc(self, *, dry_run: bool = False, force: bool = False) -> EvictionPlan:
+        """Evict per the plan (only above the high watermark, unless ``force``); ``dry_run``: only plan."""
+        with self._lock:
+            self._flush_locked()
+            plan = plan_eviction(
+                self._candidates_locked(), self._used, self.marks, protected=set(self._protected), force=force
+            )
+            evicted = [] if dry_run else self._delete_locked([victim.chunk_id for victim in plan.victims])
+        self._notify(evicted)
+        return plan
+
+    def add_evict_listener(self, fn: Callable[[Sequence[str]], None]) -> None:
+        self._listeners.append(fn)
+
+    def flush_access(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    # ---- reconcile -----------------------------------------------------------------------------------------
+
+    def reconcile(self, *, full: bool = False) -> ReconcileReport:
+        """Make the index and the files agree (run at start-up; ``full``: also re-verify every indexed file)."""
+        with self._lock:
+            self._flush_locked()
+            indexed: dict[str, int] = dict(self._db.execute("SELECT id, size FROM chunks").fetchall())
+        adopted = removed = corrupt = temps = 0
+        seen: set[str] = set()
+        bad: list[str] = []
+        for path in self._files():
+            name = path.name
+            if name.startswith(TEMP_PREFIX):
+                if name not in self._temps:
+                    path.unlink(missing_ok=True)
+                    temps += 1
+            elif not is_chunk_id(name) or path != self.path_for(name):
+                path.unlink(missing_ok=True)
+                removed += 1
+            elif name in indexed:
+                seen.add(name)
+                size = path.stat().st_size
+                if (full or size != indexed[name]) and not self._verifier(name, path.read_bytes()):
+                    corrupt += 1
+                    bad.append(name)
+                elif size != indexed[name]:
+                    with self._lock, self._db:
+                        self._db.execute("UPDATE chunks SET size = ? WHERE id = ?", (size, name))
+            else:
+                try:
+                    adopted += self.adopt(name)
+                except ChunkCorrupt:  # adopt deleted it
+                    removed += 1
+                    corrupt += 1
+        gone = [chunk_id for chunk_id in indexed if chunk_id not in seen]
+        with self._lock:
+            dropped = self._delete_locked(gone + bad)
+            self._recount_locked()
+        self._notify(dropped)
+        return ReconcileReport(adopted, removed, len(dropped), corrupt, temps)
+
+    def _files(self) -> Iterator[Path]:
+        for root, _dirs, files in os.walk(self.chunk_dir):
+            for name in files:
+                yield Path(root, name)
+
+    # ---- internals (``_locked``: the caller holds ``self._lock``) ---------------------------------------------
+
+    def _size_locked(self, chunk_id: str) -> int | None:
+        row = self._db.execute("SELECT size FROM chunks WHERE id = ?", (chunk_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _ref_locked(self, manifest_id: str | None, chunk_id: str) -> None:
+        if manifest_id is not None:
+            self._db.execute(
+                "INSERT OR IGNORE INTO refs SELECT id, ? FROM manifests WHERE id = ?", (chunk_id, manifest_id)
+            )
+
+    def _index_locked(self, chunk_id: str, size: int, manifest_id: str | None) -> bool:
+        with self._db:
+            fresh = self._db.execute(
+                "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?)", (chunk_id, size, self._clock())
+            ).rowcount
+            self._ref_locked(manifest_id, chunk_id)
+        if fresh:
+            self._used += size
+            self._count += 1
+        return bool(fresh)
+
+    def _candidates_locked(self) -> list[Candidate]:
+        rows = self._db.execute(f"SELECT c.id, c.size, c.last_access, {PIN_SQL} FROM chunks c").fetchall()
+        return [Candidate(chunk_id, size, at, Pin(pin)) for chunk_id, size, at, pin in rows]
+
+    def _make_room_locked(self, chunk_id: str, incoming: int, *, strict: bool) -> list[str]:
+        """Evict so that ``incoming`` more bytes fit; ``strict``: raise CacheFull (evicting nothing) if they can't."""
+        if self._used + incoming <= self.marks.high_bytes:
+            return []
+        self._flush_locked()
+        protected = {*self._protected, chunk_id}
+        plan = plan_eviction(self._candidates_locked(), self._used, self.marks, protected=protected, incoming=incoming)
+        if strict and plan.used_after + incoming > self.marks.budget_bytes:
+            raise CacheFull(
+                f"chunk {chunk_id} ({incoming} B) does not fit: {plan.used_after} B of {self.marks.budget_bytes} B "
+                "would stay in use after evicting everything allowed"
+            )
+        return self._delete_locked([victim.chunk_id for victim in plan.victims])
+
+    def _delete_locked(self, chunk_ids: Sequence[str]) -> list[str]:
+        """Delete files and rows; return the ids that had a row."""
+        deleted: list[tuple[str, int]] = []
+        with self._db:
+            for chunk_id in chunk_ids:
+                self.path_for(chunk_id).unlink(missing_ok=True)
+                self._access.pop(chunk_id, None)
+                size = self._size_locked(chunk_id)
+                if size is not None:
+                    self._db.execute("DELETE FROM chunks WHERE id = ?", (chunk_id,))
+                    deleted.append((chunk_id, size))
+        self._used -= sum(size for _, size in deleted)
+        self._count -= len(deleted)
+        return [chunk_id for chunk_id, _ in deleted]
+
+    def _flush_locked(self) -> None:
+        if self._access:
+            with self._db:
+                self._db.executemany(
+                    "UPDATE chunks SET last_access = ? WHERE id = ?", [(at, i) for i, at in self._access.items()]
+                )
+            self._access.clear()
+
+    def _recount_locked(self) -> None:
+        self._count, self._used = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM chunks").fetchone()
+
+    def _sync_dir(self, directory: Path) -> None:
+        if self._fsync:
+            fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _notify(self, chunk_ids: Sequence[str]) -> None:
+        if not chunk_ids:
+            return
+        for listener in list(self._listeners):
+            try:
+                listener(list(chunk_ids))
+            except Exception:
+                log.exception("evict listener %r failed", listener)

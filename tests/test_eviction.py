@@ -1,0 +1,202 @@
+"""Eviction policy: order, watermarks, protection, force, incoming bytes, shortfall, budgets."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from p2pchunks.errors import BadConfig
+from p2pchunks.eviction import (
+    Candidate,
+    Pin,
+    Watermarks,
+    effective_budget,
+    eviction_order,
+    explain,
+    plan_eviction,
+)
+
+N, U, OFF = Pin.NONE, Pin.USER, Pin.OFFICIAL
+
+
+def cand(chunk_id: str, size: int = 100, at: float = 0.0, pin: Pin = N) -> Candidate:
+    return Candidate(chunk_id, size, at, pin)
+
+
+MARKS = Watermarks(1000, high=0.9, low=0.8)  # high 900 B, low 800 B
+
+# ten chunks of 100 B: "a".."j", accessed at 1..10, all unpinned
+TEN = [cand(chr(ord("a") + i), 100, float(i + 1)) for i in range(10)]
+
+
+@pytest.mark.parametrize(
+    ("candidates", "expected"),
+    [
+        pytest.param([cand("b", at=2), cand("a", at=1)], ["a", "b"], id="lru"),
+        pytest.param([cand("b", at=1), cand("a", at=1)], ["a", "b"], id="tie-by-id"),
+        pytest.param([cand("o", at=1, pin=OFF), cand("u", at=2, pin=U), cand("n", at=3)], ["n", "u", "o"], id="pins"),
+        pytest.param(
+            [cand("o1", at=5, pin=OFF), cand("o0", at=1, pin=OFF), cand("n1", at=9), cand("u0", at=0, pin=U)],
+            ["n1", "u0", "o0", "o1"],
+            id="pin-then-lru",
+        ),
+        pytest.param([], [], id="empty"),
+    ],
+)
+def test_eviction_order(candidates: list[Candidate], expected: list[str]) -> None:
+    assert [c.chunk_id for c in eviction_order(candidates)] == expected
+
+
+@pytest.mark.parametrize(
+    ("candidates", "used", "kwargs", "victims", "used_after", "shortfall"),
+    [
+        pytest.param(TEN[:9], 900, {}, [], 900, 0, id="at-high-nothing"),
+        pytest.param(TEN[:5], 500, {}, [], 500, 0, id="well-below-nothing"),
+        pytest.param(TEN, 1000, {}, ["a", "b"], 800, 0, id="above-high-down-to-low"),
+        pytest.param(
+            [cand("a", 100, 1), cand("big", 300, 2), cand("c", 600, 3)], 1000, {}, ["a", "big"], 600, 0, id="overshoot"
+        ),
+        pytest.param(TEN, 1000, {"protected": {"a"}}, ["b", "c"], 800, 0, id="protected-skipped"),
+        pytest.param(
+            TEN, 1000, {"protected": {c.chunk_id for c in TEN[:9]}}, ["j"], 900, 100, id="protected-shortfall"
+        ),
+        pytest.param(TEN[:9], 900, {"force": True}, ["a"], 800, 0, id="force-below-high"),
+        pytest.param(TEN[:8], 800, {"force": True}, [], 800, 0, id="force-at-low-nothing"),
+        pytest.param(TEN[:9], 900, {"incoming": 100}, ["a", "b"], 700, 0, id="incoming-triggers"),
+        pytest.param(TEN[:8], 800, {"incoming": 100}, [], 800, 0, id="incoming-fits-at-high"),
+        pytest.param(TEN[:2], 200, {"incoming": 1200}, ["a", "b"], 0, 400, id="incoming-too-big"),
+        pytest.param(
+            [cand("o", 500, 1, OFF), cand("n", 500, 9)], 1000, {}, ["n"], 500, 0, id="unpinned-before-older-official"
+        ),
+        pytest.param([cand("o", 1000, 1, OFF)], 1000, {}, ["o"], 0, 0, id="official-evicted-last-resort"),
+    ],
+)
+def test_plan_eviction(
+    candidates: list[Candidate],
+    used: int,
+    kwargs: dict[str, object],
+    victims: list[str],
+    used_after: int,
+    shortfall: int,
+) -> None:
+    plan = plan_eviction(candidates, used, MARKS, **kwargs)  # type: ignore[arg-type]
+    assert [v.chunk_id for v in plan.victims] == victims
+    assert (plan.used_before, plan.used_after, plan.shortfall, plan.target) == (used, used_after, shortfall, 800)
+    assert plan.freed == used - used_after
+
+
+def test_nothing_is_evicted_for_being_old() -> None:
+    ancient = [cand(f"{i}", 100, at=-1e9) for i in range(9)]
+    assert plan_eviction(ancient, 900, MARKS).victims == ()
+
+
+@given(
+    sizes=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 5), st.sampled_from(list(Pin)), st.booleans())),
+    incoming=st.integers(0, 600),
+    force=st.booleans(),
+)
+def test_plan_invariants(sizes: list[tuple[int, int, Pin, bool]], incoming: int, force: bool) -> None:
+    candidates = [cand(f"c{i}", size, at, pin) for i, (size, at, pin, _) in enumerate(sizes)]
+    protected = {f"c{i}" for i, (*_, keep) in enumerate(sizes) if keep}
+    used = sum(c.size for c in candidates)
+    plan = plan_eviction(candidates, used, MARKS, protected=protected, incoming=incoming, force=force)
+    victims = [v.chunk_id for v in plan.victims]
+    assert not protected & set(victims)
+    assert plan.used_after == used - sum(v.size for v in plan.victims)
+    if not force and used + incoming <= MARKS.high_bytes:
+        assert victims == []
+    # victims are exactly a prefix of the evictable order
+    evictable = [c.chunk_id for c in eviction_order(candidates) if c.chunk_id not in protected]
+    assert victims == evictable[: len(victims)]
+    if victims:
+        # the last victim was needed: without it the total was still above the target
+        assert plan.used_after + plan.victims[-1].size + incoming > MARKS.low_bytes
+        assert plan.shortfall == max(0, plan.used_after + incoming - MARKS.low_bytes)
+        if plan.shortfall:
+            assert len(victims) == len(evictable)
+
+
+@pytest.mark.parametrize(
+    ("budget", "high", "low", "high_bytes", "low_bytes"),
+    [
+        (1000, 0.9, 0.8, 900, 800),
+        (100, 0.29, 0.29, 29, 29),  # 0.29 * 100 is 28.999… in floats
+        (10**13, 0.9, 0.8, 9 * 10**12, 8 * 10**12),
+        (0, 1.0, 0.5, 0, 0),
+        (7, 1.0, 1.0, 7, 7),
+    ],
+)
+def test_watermark_bytes(budget: int, high: float, low: float, high_bytes: int, low_bytes: int) -> None:
+    marks = Watermarks(budget, high, low)
+    assert (marks.high_bytes, marks.low_bytes) == (high_bytes, low_bytes)
+
+
+@pytest.mark.parametrize(
+    ("budget", "high", "low"),
+    [(1000, 0.8, 0.9), (1000, 0.9, 0.0), (1000, 1.1, 0.8), (-1, 0.9, 0.8), (1000, float("nan"), 0.8)],
+)
+def test_watermarks_reject_nonsense(budget: int, high: float, low: float) -> None:
+    with pytest.raises(ValueError, match=r"budget|watermarks"):
+        Watermarks(budget, high, low)
+
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize(
+    ("budget_bytes", "budget_percent", "fs_total", "expected"),
+    [
+        (None, None, 100 * GIB, 100 * GIB),
+        (10 * GIB, None, 100 * GIB, 10 * GIB),
+        (None, 50.0, 100 * GIB, 50 * GIB),
+        (10 * GIB, 50.0, 100 * GIB, 10 * GIB),
+        (80 * GIB, 50.0, 100 * GIB, 50 * GIB),
+        (500 * GIB, None, 100 * GIB, 500 * GIB),  # only what is given counts
+        (None, 100, 12345, 12345),
+        (None, 29.0, 100, 29),
+        (0, None, 100, 0),
+    ],
+)
+def test_effective_budget(budget_bytes: int | None, budget_percent: float | None, fs_total: int, expected: int) -> None:
+    assert effective_budget(budget_bytes, budget_percent, fs_total) == expected
+
+
+@pytest.mark.parametrize(
+    ("budget_bytes", "budget_percent", "fs_total"),
+    [
+        (-1, None, 100),
+        (None, 0.0, 100),
+        (None, 100.5, 100),
+        (None, -5.0, 100),
+        (None, float("inf"), 100),
+        (None, float("nan"), 100),
+        (None, 50.0, -1),
+        (True, None, 100),
+        (1.5, None, 100),
+        (None, "50", 100),
+    ],
+)
+def test_effective_budget_rejects_nonsense(budget_bytes: object, budget_percent: object, fs_total: int) -> None:
+    with pytest.raises(BadConfig):
+        effective_budget(budget_bytes, budget_percent, fs_total)  # type: ignore[arg-type]
+
+
+def test_explain_names_each_victim_and_totals() -> None:
+    candidates = [cand("n", 150, 0.0), cand("u", 150, 0.0, U), cand("o", 700, 0.0, OFF)]
+    plan = plan_eviction(candidates, 1000, MARKS, protected={"o"})
+    lines = explain(plan)
+    assert "above the high watermark" in lines[0]
+    assert lines[1] == "#1 evict n: 150 B, unpinned, last access 1970-01-01 00:00:00Z"
+    assert lines[2].startswith("#2 evict u: 150 B, pinned by a user")
+    assert lines[3] == "2 chunks, 300 B freed: 1000 B -> 700 B (target 800 B)"
+    assert len(lines) == 4
+    short = explain(plan_eviction(candidates, 1000, MARKS, protected={"o", "u"}, incoming=300))
+    assert short[-2] == "1 chunks, 150 B freed: 1000 B -> 850 B + 300 B incoming (target 800 B)"
+    assert short[-1].startswith("still 350 B above target")
+
+
+def test_explain_nothing_to_do() -> None:
+    lines = explain(plan_eviction(TEN[:5], 500, MARKS))
+    assert "nothing is evicted" in lines[0]
+    assert lines[-1] == "0 chunks, 0 B freed: 500 B -> 500 B (target 800 B)"
