@@ -46,7 +46,7 @@ class Reason(enum.Enum):
 
 @dataclass(frozen=True)
 class FetchParams:
-    discovery_grace_s: float = 1.0
+    discovery_grace_s: float = 1.5
     hot_deadline_s: float = 3.0
     owner_stall_s: float = 5.0
     peer_floor_bps: float = 64 * 1024

@@ -1,0 +1,491 @@
+"""The agent: one trio nursery holding the cache, the hub client, the swarm and the local API.
+
+Owns the data path of docs/architecture.md: ``chunk()`` (one chunk, on demand: cache → peers → hub) and
+``fetch()`` (a whole manifest, through a ``FetchJob``), and what happens when a chunk arrives from anywhere:
+verified → written to the cache → announced on ``Arrivals`` → injected into every torrent that lacks it.
+Every service is a task of the nursery ``open_agent`` opens; nothing outlives it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import urllib.parse
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from . import alerts
+from .cache import ChunkCache
+from .config import Config, split_hostport
+from .errors import ChunkCorrupt, ChunkNotFound, ChunkUnavailable, HubError, ManifestNotFound, P2PChunksError
+from .eviction import Pin
+from .fetch import FetchParams
+from .fetchjob import Arrival, Arrivals, FetchJob, FetchReport, Source
+from .httpserver import serve_http
+from .hub import HubClient
+from .ids import validate_chunk_id
+from .manifest import Manifest
+from .metrics import AgentStats
+from .seedlist import BootstrapList, ListInForce, shipped_keys, shipped_list
+from .signing import TrustedKeys
+from .swarm import Swarm, SwarmSettings, Torrent, open_swarm
+from .tracker import Tracker
+from .warmer import Warmer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    id: int
+    manifest: Manifest
+    pin: Pin
+    state: str = "running"
+    report: FetchReport | None = None
+    error: str = ""
+    done: trio.Event = field(default_factory=trio.Event)
+    job: FetchJob | None = None
+
+
+class Agent:
+    """A running agent. Create with :func:`open_agent`."""
+
+    def __init__(self, config: Config, cache: ChunkCache, hub: HubClient, nursery: trio.Nursery) -> None:
+        self.config = config
+        self.cache = cache
+        self.hub = hub
+        self.swarm: Swarm | None = None
+        self.stats = AgentStats()
+        self.arrivals = Arrivals()
+        self.manifests: dict[str, Manifest] = {}
+        self.jobs: dict[int, Job] = {}
+        self.api_port = 0
+        self.tracker: Tracker | None = None
+        self.tracker_port = 0
+        self.warmer: Warmer | None = None
+        self._nursery = nursery
+        self._inflight: dict[str, trio.Event] = {}
+        self._disk = trio.CapacityLimiter(4)
+        self._events_send, self._events = trio.open_memory_channel[alerts.SwarmEvent](math.inf)
+        self.fetch_params = FetchParams(
+            discovery_grace_s=config.fetch.discovery_grace_s,
+            hot_deadline_s=config.fetch.hot_deadline_s,
+            owner_stall_s=config.fetch.owner_stall_s,
+            peer_floor_bps=config.fetch.peer_floor_bps,
+            peer_floor_window_s=config.fetch.peer_floor_window_s,
+            hub_slots=config.fetch.hub_slots,
+        )
+
+    # ---- identity -------------------------------------------------------------------------------------------
+
+    @property
+    def me(self) -> str:
+        """Our key in the rendezvous split: the swarm address peers see us by."""
+        host = SwarmSettings(listen=self.config.swarm.listen).host
+        if host not in ("0.0.0.0", "::") or self.swarm is None:
+            return host
+        for torrent in self.swarm.torrents.values():
+            for ip in torrent.local_ips():
+                return ip
+        return host
+
+    # ---- manifests ------------------------------------------------------------------------------------------
+
+    @property
+    def manifest_dir(self) -> Path:
+        return self.cache.directory / "manifests"
+
+    async def manifest(self, ref: str) -> Manifest:
+        """A manifest by id, name (newest known), local path, URL or hub name; remembered and joined to the swarm."""
+        for manifest in self.manifests.values():
+            if ref in (manifest.manifest_id, manifest.name):
+                return manifest
+        path = Path(ref)
+        if ref.endswith(".p2p") and await trio.to_thread.run_sync(path.is_file):
+            data = await trio.to_thread.run_sync(path.read_bytes)
+        else:
+            try:
+                data = await self.hub.get_manifest(ref)
+            except HubError as error:
+                raise ManifestNotFound(f"manifest {ref!r}: {error}") from error
+        manifest = Manifest.decode(data)
+        await self.remember(manifest, data)
+        return manifest
+
+    async def remember(self, manifest: Manifest, data: bytes | None = None, pin: Pin = Pin.NONE) -> None:
+        """Record ``manifest`` in the cache index and on disk, and share what we hold of it."""
+        if manifest.manifest_id not in self.manifests:
+            self.manifests[manifest.manifest_id] = manifest
+            blob = data if data is not None else manifest.encode()
+            path = self.manifest_dir / f"{manifest.manifest_id}.p2p"
+
+            def store() -> None:
+                self.manifest_dir.mkdir(parents=True, exist_ok=True)
+                if not path.exists():
+                    tmp = path.with_suffix(".tmp")
+                    tmp.write_bytes(blob)
+                    tmp.replace(path)
+                self.cache.record_manifest(manifest.manifest_id, manifest.name, manifest.chunk_ids, pin)
+
+            await trio.to_thread.run_sync(store)
+            self._join(manifest, download=False)
+        elif pin is not Pin.NONE:
+            await trio.to_thread.run_sync(self.cache.set_manifest_pin, manifest.manifest_id, pin)
+
+    def _join(self, manifest: Manifest, *, download: bool) -> Torrent | None:
+        if self.swarm is None or manifest.infohash is None:
+            return None
+        have = {chunk_id for chunk_id in manifest.piece_ids if self.cache.has(chunk_id)}
+        return self.swarm.add(manifest, have, download=download)
+
+    async def _load_known_manifests(self) -> None:
+        def read_all() -> list[tuple[Manifest, bytes]]:
+            out = []
+            for path in sorted(self.manifest_dir.glob("*.p2p")):
+                try:
+                    data = path.read_bytes()
+                    out.append((Manifest.decode(data), data))
+                except Exception as error:  # a bad file must not stop the agent
+                    log.warning("ignoring manifest %s: %s", path, error)
+            return out
+
+        for manifest, data in await trio.to_thread.run_sync(read_all):
+            await self.remember(manifest, data)
+
+    # ---- the data path ----------------------------------------------------------------------------------------
+
+    async def chunk(self, chunk_id: str) -> tuple[Path, int]:
+        """Make sure ``chunk_id`` is in the cache (cache → peers → hub) and return its file and size."""
+        validate_chunk_id(chunk_id)
+        try:
+            located: tuple[Path, int] = await trio.to_thread.run_sync(self.cache.locate, chunk_id)
+            self.stats.chunks_from_cache += 1
+            return located
+        except ChunkNotFound:
+            pass
+        pending = self._inflight.get(chunk_id)
+        if pending is None:
+            pending = self._inflight[chunk_id] = trio.Event()
+            try:
+                await self._obtain(chunk_id)
+            finally:
+                del self._inflight[chunk_id]
+                pending.set()
+        else:
+            await pending.wait()
+        try:
+            return await trio.to_thread.run_sync(self.cache.locate, chunk_id)
+        except ChunkNotFound:
+            raise ChunkUnavailable(chunk_id, "no peer has it and the hub could not serve it") from None
+
+    async def _obtain(self, chunk_id: str) -> None:
+        arrived = self.arrivals.event_for(chunk_id)
+        torrents = self.swarm.torrents_with(chunk_id) if self.swarm is not None else []
+        held_by_peers = False
+        for torrent in torrents:
+            torrent.want([chunk_id])
+            torrent.set_deadline(chunk_id, 0)
+            held_by_peers |= torrent.availability()[torrent.piece_of(chunk_id)] > 0
+        if held_by_peers:
+            with trio.move_on_after(self.config.fetch.peer_wait_s):
+                await arrived.wait()
+                return
+        try:
+            data = await self.hub.get_chunk(chunk_id)
+        except (HubError, ChunkCorrupt) as error:
+            if held_by_peers:
+                with trio.move_on_after(self.config.fetch.peer_wait_s):
+                    await arrived.wait()
+                    return
+            raise ChunkUnavailable(chunk_id, f"no peer has it and the hub failed: {error}") from error
+        except ChunkNotFound:
+            raise
+        self.stats.hub_reasons["ON_DEMAND"] += 1
+        await self.deliver(chunk_id, data, Source.HUB)
+
+    async def deliver(self, chunk_id: str, data: bytes, source: Source, manifest_id: str | None = None) -> None:
+        """A verified-on-arrival chunk: into the cache, announce it, and share it through every torrent."""
+        async with self._disk:
+            fresh = await trio.to_thread.run_sync(lambda: self.cache.put(chunk_id, data, manifest_id=manifest_id))
+        if fresh:
+            if source is Source.HUB:
+                self.stats.chunks_from_hub += 1
+                self.stats.bytes_from_hub += len(data)
+            elif source is Source.PEERS:
+                self.stats.chunks_from_peers += 1
+                self.stats.bytes_from_peers += len(data)
+        if self.swarm is not None:
+            for torrent in self.swarm.torrents_with(chunk_id):
+                if not torrent.has(chunk_id):
+                    torrent.inject(chunk_id, data)
+        self.arrivals.arrived(Arrival(chunk_id, source, len(data)))
+
+    async def _missing(self, chunk_ids: Sequence[str]) -> list[str]:
+        return await trio.to_thread.run_sync(lambda: [c for c in chunk_ids if not self.cache.has(c)])
+
+    # ---- jobs -------------------------------------------------------------------------------------------------
+
+    async def fetch(self, ref: str, *, pin: Pin = Pin.NONE, hub: HubClient | None = None) -> Job:
+        """Start fetching a whole manifest in the background; the returned job's ``done`` fires at the end.
+
+        ``hub``: another hub client (the warmer's, with its own budget) for this job.
+        """
+        manifest = await self.manifest(ref)
+        await self.remember(manifest, pin=pin)
+        for job in self.jobs.values():
+            if job.manifest.manifest_id == manifest.manifest_id and job.state == "running":
+                return job
+        job = Job(len(self.jobs) + 1, manifest, pin)
+        self.jobs[job.id] = job
+        self._nursery.start_soon(self._run_job, job, hub or self.hub)
+        return job
+
+    async def _run_job(self, job: Job, hub: HubClient) -> None:
+        torrent = self._join(job.manifest, download=False)  # the job sets the priorities: hot chunks first
+        fetch_job = FetchJob(
+            job.manifest,
+            hub=hub,
+            torrent=torrent,
+            arrivals=self.arrivals,
+            missing=self._missing,
+            deliver=self.deliver,
+            me=self.me,
+            params=self.fetch_params,
+        )
+        job.job = fetch_job
+        try:
+            with self.cache.protecting(job.manifest.chunk_ids), trio.fail_after(self.config.fetch.job_timeout_s):
+                job.report = await fetch_job.run()
+            job.state = "done"
+            self.stats.chunks_from_cache += job.report.from_cache
+            self.stats.hub_reasons.update(job.report.hub_reasons)
+        except trio.TooSlowError:
+            job.state, job.error = "failed", f"timed out after {self.config.fetch.job_timeout_s:.0f} s"
+            job.report = fetch_job.report
+        except Exception as error:
+            log.exception("fetch of %s failed", job.manifest.name)
+            job.state, job.error = "failed", str(error)
+            job.report = fetch_job.report
+        finally:
+            job.done.set()
+
+    # ---- swarm events -----------------------------------------------------------------------------------------
+
+    def _on_event(self, event: alerts.SwarmEvent) -> None:
+        self._events_send.send_nowait(event)
+
+    async def _handle_events(self) -> None:
+        async with trio.open_nursery() as nursery:
+            async for event in self._events:
+                self._handle(event, nursery)
+
+    def _handle(self, event: alerts.SwarmEvent, nursery: trio.Nursery) -> None:
+        swarm = self.swarm
+        if swarm is None:
+            return
+        if isinstance(event, alerts.PieceFinished):
+            torrent = swarm.torrents.get(event.infohash)
+            if torrent is not None and event.piece not in torrent.injected:
+                torrent.handle.read_piece(event.piece)
+        elif isinstance(event, alerts.PieceRead):
+            torrent = swarm.torrents.get(event.infohash)
+            if torrent is None or event.piece in torrent.injected:
+                return
+            if event.data is None:
+                log.warning("reading piece %d of %s failed: %s", event.piece, event.infohash, event.error)
+                return
+            nursery.start_soon(self._from_peer, torrent, torrent.chunk_of(event.piece), event.data)
+        elif isinstance(event, alerts.HashFailed):
+            self.stats.corrupt_from_peers += 1
+        elif isinstance(event, alerts.PeerBanned):
+            self.stats.peers_banned += 1
+            log.warning("banned peer %s (corrupt data) on %s", event.ip, event.infohash)
+        elif isinstance(event, alerts.TorrentFailed):
+            log.warning("torrent %s: %s", event.infohash, event.message)
+
+    async def _from_peer(self, torrent: Torrent, chunk_id: str, data: bytes) -> None:
+        torrent.injected.add(torrent.piece_of(chunk_id))
+        try:
+            await self.deliver(chunk_id, data, Source.PEERS, torrent.manifest.manifest_id)
+        except ChunkCorrupt:
+            self.stats.corrupt_from_peers += 1
+            log.error(
+                "piece for %s passed libtorrent's hash but not its chunk id: manifest %s is inconsistent",
+                chunk_id,
+                torrent.manifest.name,
+            )
+
+    # ---- status -----------------------------------------------------------------------------------------------
+
+    def gauges(self) -> dict[str, float]:
+        usage = self.cache.usage()
+        peers = sum(t.status().num_peers for t in self.swarm.torrents.values()) if self.swarm else 0
+        return {
+            "cache_bytes": usage.bytes,
+            "cache_chunks": usage.chunks,
+            "cache_budget_bytes": usage.budget_bytes,
+            "torrents": len(self.swarm.torrents) if self.swarm else 0,
+            "peers_connected": peers,
+            "jobs_running": sum(1 for job in self.jobs.values() if job.state == "running"),
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "mode": self.config.agent.mode,
+            "hub": self.config.agent.hub,
+            "swarm_port": self.swarm.listen_port if self.swarm else None,
+            "api_port": self.api_port,
+            "stats": self.stats.as_json(),
+            "gauges": self.gauges(),
+            "manifests": [
+                {"id": m.manifest_id, "name": m.name, "version": m.version, "bytes": m.image_bytes}
+                for m in self.manifests.values()
+            ],
+            "jobs": [job_json(job) for job in self.jobs.values()],
+            "warm": None
+            if self.warmer is None
+            else {
+                "passes": self.warmer.passes,
+                "held": self.warmer.held,
+                "version": self.warmer.warmed_version,
+                "errors": self.warmer.errors[-10:],
+            },
+        }
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    report = job.report or (job.job.report if job.job else None)
+    out: dict[str, Any] = {"id": job.id, "manifest": job.manifest.name, "state": job.state, "error": job.error}
+    if report is not None:
+        out.update(
+            chunks=report.chunks,
+            done=report.done,
+            image_bytes=report.image_bytes,
+            from_cache=report.from_cache,
+            from_peers=report.from_peers,
+            from_hub=report.from_hub,
+            bytes_from_peers=report.bytes_from_peers,
+            bytes_from_hub=report.bytes_from_hub,
+            seconds=round(report.seconds, 3),
+            hot_seconds=None if report.hot_seconds is None else round(report.hot_seconds, 3),
+            hub_reasons=dict(report.hub_reasons),
+            errors=report.errors[-10:],
+        )
+    return out
+
+
+def trusted_keys(config: Config) -> TrustedKeys:
+    return shipped_keys().union(TrustedKeys.from_hex(config.warm.trusted_keys))
+
+
+def with_bootstrap(settings: SwarmSettings, config: Config) -> SwarmSettings:
+    """Add the volunteer seeds of the signed bootstrap list (DHT routers and trackers) to ``settings``."""
+    path = Path(config.swarm.bootstrap_file) if config.swarm.bootstrap_file else shipped_list("bootstrap.toml")
+    try:
+        listed = ListInForce("bootstrap", trusted_keys(config)).offer(path)
+    except P2PChunksError as error:
+        log.warning("bootstrap list %s refused: %s", path, error)
+        return settings
+    assert isinstance(listed, BootstrapList)
+    return replace(
+        settings,
+        dht_bootstrap=settings.dht_bootstrap + tuple(listed.dht_nodes),
+        trackers=settings.trackers + tuple(with_farm(url, config.agent.farm) for url in listed.trackers),
+    )
+
+
+def swarm_settings(config: Config) -> SwarmSettings:
+    section = config.swarm
+    bootstrap = tuple(split_hostport(item) for item in section.bootstrap)
+    return SwarmSettings(
+        listen=section.listen,
+        profile="seed" if config.agent.mode == "seed" else "node",
+        inbound=section.inbound,
+        utp=section.utp,
+        dht=section.dht,
+        dht_bootstrap=bootstrap,
+        lsd=section.lsd,
+        port_mapping=section.port_mapping,
+        upload_rate_bps=section.upload_rate_bps,
+        download_rate_bps=section.download_rate_bps,
+        limit_local_peers=section.limit_local_peers,
+        connections_limit=section.connections_limit,
+        trackers=tuple(with_farm(url, config.agent.farm) for url in section.trackers),
+    )
+
+
+def with_farm(tracker: str, farm: str) -> str:
+    """Name our farm to a tracker (it then lists same-farm peers first)."""
+    if not farm:
+        return tracker
+    return f"{tracker}{'&' if '?' in tracker else '?'}farm={urllib.parse.quote(farm)}"
+
+
+@asynccontextmanager
+async def open_agent(config: Config, *, swarm: bool | None = None) -> AsyncIterator[Agent]:
+    """Run an agent for as long as the block runs (``swarm=False``: hub only, the zos baseline)."""
+    swarm = config.swarm.enabled if swarm is None else swarm
+    from .api import serve_api  # the API imports the agent's types
+
+    section = config.cache
+    directory = Path(config.agent.cache_dir)
+    cache = await trio.to_thread.run_sync(
+        lambda: ChunkCache(
+            directory,
+            budget_bytes=section.budget_bytes or None,
+            budget_percent=section.budget_percent,
+            high=section.high_watermark,
+            low=section.low_watermark,
+        )
+    )
+    try:
+        report = await trio.to_thread.run_sync(cache.reconcile)
+        if report.removed_files or report.dropped_rows:
+            log.info("cache reconciled: %s", report)
+        fetch = config.fetch
+        async with (
+            HubClient(
+                config.agent.hub,
+                concurrency=fetch.hub_concurrency,
+                timeout=fetch.hub_timeout_s,
+                retries=fetch.hub_retries,
+                rate_bps=fetch.hub_rate_bps or None,
+            ) as hub,
+            trio.open_nursery() as nursery,
+        ):
+            agent = Agent(config, cache, hub, nursery)
+            if swarm:
+                settings = with_bootstrap(swarm_settings(config), config)
+                agent.swarm = await nursery.start(_run_swarm, agent, settings, directory)
+            nursery.start_soon(agent._handle_events)
+            await agent._load_known_manifests()
+            agent.api_port = await nursery.start(serve_api, agent)
+            if config.tracker.enabled:
+                agent.tracker = Tracker(interval=config.tracker.interval_s)
+                host, port = split_hostport(config.tracker.listen)
+                agent.tracker_port = await nursery.start(partial(serve_http, agent.tracker.handle, host, port))
+            if config.warm.official:
+                official = config.warm.official_file
+                list_path = Path(official) if official else shipped_list("official.toml")
+                agent.warmer = Warmer(agent, list_path, trusted_keys(config))
+                nursery.start_soon(agent.warmer.run)
+            try:
+                yield agent
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(cache.close)
+
+
+async def _run_swarm(
+    agent: Agent, settings: SwarmSettings, directory: Path, *, task_status: trio.TaskStatus[Swarm]
+) -> None:
+    async with open_swarm(settings, directory, agent._on_event) as swarm:
+        task_status.started(swarm)
+        await trio.sleep_forever()

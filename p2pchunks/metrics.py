@@ -1,0 +1,78 @@
+"""What an agent counts, once: plain counters read by ``/status`` (JSON) and ``/metrics`` (Prometheus).
+
+One ``AgentStats`` per agent (tests and the netsim run several agents in one process, so nothing is global);
+``render_prometheus`` exposes it through a private registry with a custom collector, so the numbers in
+``/status`` and ``/metrics`` can never disagree.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+@dataclass
+class AgentStats:
+    chunks_from_cache: int = 0
+    chunks_from_peers: int = 0
+    chunks_from_hub: int = 0
+    bytes_from_peers: int = 0
+    bytes_from_hub: int = 0
+    bytes_served_api: int = 0
+    corrupt_from_peers: int = 0
+    corrupt_from_hub: int = 0
+    peers_banned: int = 0
+    hub_reasons: Counter[str] = field(default_factory=Counter)
+    api_requests: Counter[str] = field(default_factory=Counter)
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["hub_reasons"] = dict(self.hub_reasons)
+        data["api_requests"] = dict(self.api_requests)
+        return data
+
+
+_COUNTERS = (
+    ("chunks_from_cache", "Chunks found in the cache when wanted"),
+    ("chunks_from_peers", "Chunks received from peers"),
+    ("chunks_from_hub", "Chunks fetched from the hub"),
+    ("bytes_from_peers", "Chunk bytes received from peers"),
+    ("bytes_from_hub", "Chunk bytes fetched from the hub"),
+    ("bytes_served_api", "Chunk bytes served by the local API"),
+    ("corrupt_from_peers", "Pieces from peers that failed verification"),
+    ("corrupt_from_hub", "Chunks from the hub that failed verification"),
+    ("peers_banned", "Peers banned for sending corrupt data"),
+)
+
+
+class _StatsCollector(Collector):
+    def __init__(self, stats: AgentStats, gauges: Callable[[], dict[str, float]]) -> None:
+        self._stats = stats
+        self._gauges = gauges
+
+    def collect(self) -> Iterator[Any]:
+        for name, doc in _COUNTERS:
+            yield CounterMetricFamily(f"p2pchunks_{name}", doc, value=getattr(self._stats, name))
+        reasons = CounterMetricFamily("p2pchunks_hub_requests", "Hub requests by reason", labels=["reason"])
+        for reason, count in sorted(self._stats.hub_reasons.items()):
+            reasons.add_metric([reason], count)
+        yield reasons
+        api = CounterMetricFamily("p2pchunks_api_requests", "Local API requests by status", labels=["status"])
+        for status, count in sorted(self._stats.api_requests.items()):
+            api.add_metric([status], count)
+        yield api
+        for name, value in sorted(self._gauges().items()):
+            yield GaugeMetricFamily(f"p2pchunks_{name}", name.replace("_", " "), value=value)
+
+
+def render_prometheus(stats: AgentStats, gauges: Callable[[], dict[str, float]]) -> bytes:
+    """The Prometheus text exposition of ``stats`` plus the current ``gauges()``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_StatsCollector(stats, gauges))
+    return generate_latest(registry)
