@@ -150,7 +150,10 @@ class ListInForce:
 
     def offer(self, path: Path) -> OfficialList | BootstrapList:
         """Verify and parse ``path``; it becomes the list in force unless it is older (``StaleVersion``)."""
-        data = verify_file(path, self.trusted)
+        try:
+            data = verify_file(path, self.trusted)
+        except OSError as error:
+            raise BadManifest(f"{self.kind} list {path}: {error.strerror or error}") from None
         parsed = parse_official(data) if self.kind == "official" else parse_bootstrap(data)
         if self.current is not None and parsed.version < self.current.version:
             raise StaleVersion(

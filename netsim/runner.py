@@ -1,0 +1,451 @@
+"""Run a topology for real: a hub process, one agent process per node, and the measurements.
+
+Owns the life of one run: build and publish the image, start the hub (``p2pchunks hub serve``) and the agents
+(``p2pchunks agent|seed --config``) through a backend (loopback: each node on its own 127.0.0.x; netns: each node
+in its own network namespace), drive them through their local APIs (fetch, warm), apply churn and hub outages
+on schedule, and collect what happened: per-node completion times, hub egress (the hub's own counter), bytes
+from peers, and every chunk of every cache re-verified at the end.
+
+Every wait is bounded (``deadline_s``); every process is stopped at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import trio
+
+from p2pchunks.cache import ChunkCache
+from p2pchunks.publish import publish
+
+from .topology import NodeSpec, Topology, lower_bound_s
+
+API_PORT = 7760
+HUB_PORT = 8080
+"""The hub's port on backends other than loopback (which picks a free one)."""
+SWARM_PORT = 6881
+TRACKER_PORT = 6969
+
+
+class Backend(Protocol):
+    """Where processes run and how they are addressed."""
+
+    hub_address: str
+
+    def address(self, node: NodeSpec) -> str: ...
+
+    def spawn(self, host: str | None, argv: list[str], log: Path) -> subprocess.Popen[bytes]: ...
+
+    def http_transport(self) -> httpx.AsyncBaseTransport | None:
+        """How the harness's HTTP client reaches the hub and the APIs (``None``: directly)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LoopbackBackend:
+    """Every node a process on its own 127.0.0.x; strict NAT via ``inbound = false``; caps via libtorrent."""
+
+    hub_address = "127.0.0.1"
+
+    def address(self, node: NodeSpec) -> str:
+        return node.address
+
+    def spawn(self, host: str | None, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def http_transport(self) -> httpx.AsyncBaseTransport | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class NodeRun:
+    spec: NodeSpec
+    address: str
+    process: subprocess.Popen[bytes] | None = None
+    job: int | None = None
+    done_s: float | None = None
+    hot_s: float | None = None
+    bytes_from_hub: int = 0
+    bytes_from_peers: int = 0
+    error: str = ""
+    left: bool = False
+    hub_reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RunOptions:
+    workdir: Path
+    scenario: str
+    deadline_s: float = 600.0
+    poll_s: float = 0.25
+    images: int = 1
+    stagger_s: float = 0.0
+    warm_only: bool = False
+    """Nodes warm their official list by themselves (update-storm): wait for that instead of fetching."""
+    keep: bool = False
+    events: list[tuple[float, str]] = field(default_factory=list)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def make_image(root: Path, size_bytes: int, hot_fraction: float, seed: int) -> list[str]:
+    """A VM-like tree: a hot ``boot/`` part (``hot_fraction`` of the bytes) and a big ``disk.raw``."""
+    rng = random.Random(seed)
+    (root / "boot").mkdir(parents=True, exist_ok=True)
+    hot = max(1, int(size_bytes * hot_fraction))
+    (root / "boot" / "kernel").write_bytes(rng.randbytes(hot))
+    with (root / "disk.raw").open("wb") as fh:
+        left = size_bytes - hot
+        while left > 0:
+            n = min(left, 4 * 2**20)
+            fh.write(rng.randbytes(n))
+            left -= n
+    return ["boot/kernel"]
+
+
+def node_config(
+    topo: Topology,
+    node: NodeSpec,
+    address: str,
+    hub_url: str,
+    work: Path,
+    seeds: list[str],
+    extra: dict[str, dict[str, Any]] | None = None,
+    routers: list[str] | None = None,
+) -> str:
+    """The TOML config of one node. DHT bootstrap: the seeds, else ``routers`` (the farm's first node)."""
+
+    def mbps(value: float | None) -> int:
+        return 0 if value is None else int(value * 1e6 / 8)
+
+    trackers = [f"http://{s}:{TRACKER_PORT}/announce" for s in seeds]
+    bootstrap = [f"{s}:{SWARM_PORT}" for s in (seeds or routers or []) if s != address]
+    sections: dict[str, dict[str, Any]] = {
+        "agent": {
+            "cache_dir": str(work / "nodes" / node.name),
+            "hub": hub_url,
+            "farm": node.farm,
+            "mode": "seed" if node.role == "seed" else "node",
+        },
+        "api": {"listen": f"{address}:{API_PORT}"},
+        "swarm": {
+            "enabled": topo.swarm,
+            "listen": f"{address}:{SWARM_PORT}",
+            "inbound": node.role != "nat",
+            "utp": False,
+            "lsd": True,
+            "dht": True,
+            "upload_rate_bps": mbps(node.up_mbps),
+            "download_rate_bps": mbps(node.down_mbps),
+            "limit_local_peers": True,
+            "bootstrap": bootstrap,
+            "trackers": trackers,
+        },
+        "cache": {"budget_bytes": 64 * 2**30},
+        "fetch": {"hub_timeout_s": 30.0, "job_timeout_s": 3600.0},
+        "tracker": {"enabled": node.role == "seed", "listen": f"{address}:{TRACKER_PORT}"},
+        "warm": {"official": False},
+    }
+    for name, values in (extra or {}).items():
+        sections.setdefault(name, {}).update(values)
+    lines = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+class Run:
+    """One scenario run; use ``await Run(...).execute()``."""
+
+    def __init__(
+        self,
+        topo: Topology,
+        options: RunOptions,
+        backend: Backend | None = None,
+        node_extra: Callable[[NodeSpec], dict[str, dict[str, Any]]] | None = None,
+    ) -> None:
+        self.topo = topo
+        self.options = options
+        self.backend = backend or LoopbackBackend()
+        self.node_extra = node_extra
+        self.work = options.workdir
+        self.nodes = [NodeRun(spec, self.backend.address(spec)) for spec in topo.nodes]
+        self.hub_process: subprocess.Popen[bytes] | None = None
+        self.hub_url = ""
+        self.image_bytes = 0
+        self.image_names: list[str] = []
+        self.hub_stats: dict[str, Any] = {}
+        self.timeline: list[tuple[float, int, int]] = []  # (t, nodes done, hub bytes)
+
+    # ---- set-up ---------------------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        image = self.topo.image
+        size = int(image.size_mib * 2**20)
+        for i in range(self.options.images):
+            name = f"image{i}"
+            hot = make_image(self.work / "src" / name, size, image.hot_fraction, seed=i + 1)
+            publish(
+                self.work / "src" / name,
+                self.work / "hub",
+                name=name,
+                version="1",
+                chunk_size=image.chunk_kib * 1024,
+                hot_paths=hot,
+            )
+            self.image_names.append(name)
+        self.image_bytes = size + 0  # the tree is exactly ``size`` bytes
+        (self.work / "nodes").mkdir(exist_ok=True)
+        (self.work / "logs").mkdir(exist_ok=True)
+
+    def _python(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "p2pchunks", *args]
+
+    def start_hub(self) -> None:
+        hub = self.topo.hub
+        port = free_port(self.backend.hub_address) if isinstance(self.backend, LoopbackBackend) else HUB_PORT
+        argv = self._python(
+            "hub",
+            "serve",
+            "--root",
+            str(self.work / "hub"),
+            "--listen",
+            f"{self.backend.hub_address}:{port}",
+            "--latency-ms",
+            str(hub.latency_ms),
+        )
+        if hub.rate_mbps is not None:
+            argv += ["--rate-mbps", str(hub.rate_mbps)]
+        self.hub_process = self.backend.spawn(None, argv, self.work / "logs" / "hub.log")
+        self.hub_url = f"http://{self.backend.hub_address}:{port}/"
+
+    def start_node(self, node: NodeRun) -> None:
+        seeds = [n.address for n in self.nodes if n.spec.role == "seed" and n is not node]
+        extra = self.node_extra(node.spec) if self.node_extra else None
+        config = self.work / "nodes" / f"{node.spec.name}.toml"
+        routers = [self.nodes[0].address]
+        config.write_text(
+            node_config(self.topo, node.spec, node.address, self.hub_url, self.work, seeds, extra, routers)
+        )
+        command = "seed" if node.spec.role == "seed" else "agent"
+        node.process = self.backend.spawn(
+            node.spec.name, self._python(command, "--config", str(config)), self.work / "logs" / f"{node.spec.name}.log"
+        )
+
+    # ---- driving --------------------------------------------------------------------------------------------
+
+    def api(self, node: NodeRun) -> str:
+        return f"http://{node.address}:{API_PORT}"
+
+    async def wait_ready(self, http: httpx.AsyncClient, url: str, what: str) -> None:
+        with trio.fail_after(60):
+            while True:
+                try:
+                    if (await http.get(url)).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await trio.sleep(0.1)
+
+    async def execute(self) -> dict[str, Any]:
+        try:
+            await trio.to_thread.run_sync(self.prepare)
+            self.start_hub()
+            async with httpx.AsyncClient(timeout=30.0, transport=self.backend.http_transport()) as http:
+                await self.wait_ready(http, f"{self.hub_url}_stats", "hub")
+                await self._prefill_seeds(http)
+                await self._boot_nodes(http)
+                await http.post(f"{self.hub_url}_stats/reset")
+                start = trio.current_time()
+                with trio.fail_after(self.options.deadline_s):
+                    async with trio.open_nursery() as nursery:
+                        for node, offset in zip(self.nodes, self.topo.start_times(), strict=True):
+                            if node.spec.role != "seed":
+                                nursery.start_soon(self._drive_node, http, node, start, start + offset)
+                        nursery.start_soon(self._outages, http, start)
+                        nursery.start_soon(self._sample, http, start, nursery.cancel_scope)
+                self.hub_stats = (await http.get(f"{self.hub_url}_stats")).json()
+        finally:
+            self.stop_all()
+        corrupt = await trio.to_thread.run_sync(self.verify_caches)
+        return self.result(corrupt)
+
+    async def _prefill_seeds(self, http: httpx.AsyncClient) -> None:
+        """Seeds start full: they warm the images before the clock starts."""
+        seeds = [n for n in self.nodes if n.spec.role == "seed"]
+        for node in seeds:
+            self.start_node(node)
+        for node in seeds:
+            await self.wait_ready(http, f"{self.api(node)}/status", node.spec.name)
+            for name in self.image_names:
+                response = await http.post(f"{self.api(node)}/warm", json={"manifest": name, "wait": True}, timeout=600)
+                if response.status_code != 200:
+                    raise RuntimeError(f"seed {node.spec.name} could not warm {name}: {response.text}")
+
+    async def _boot_nodes(self, http: httpx.AsyncClient) -> None:
+        """Agents are daemons: the ones present from the start are up before the deploy is triggered at t = 0."""
+        present = [n for n in self.nodes if n.spec.role != "seed" and n.spec.join_s == 0 and n.process is None]
+        for node in present:
+            self.start_node(node)
+        for node in present:
+            await self.wait_ready(http, f"{self.api(node)}/status", node.spec.name)
+
+    async def _drive_node(self, http: httpx.AsyncClient, node: NodeRun, start: float, join_at: float) -> None:
+        spec = node.spec
+        await trio.sleep_until(join_at)
+        if node.process is None:  # joins late (churn): boots now
+            self.start_node(node)
+        await self.wait_ready(http, f"{self.api(node)}/status", spec.name)
+        async with trio.open_nursery() as nursery:
+            if spec.leave_s is not None:
+                nursery.start_soon(self._leave, node, start + spec.leave_s, nursery.cancel_scope)
+            await self._fetch_all(http, node, start)
+            nursery.cancel_scope.cancel()
+
+    async def _fetch_all(self, http: httpx.AsyncClient, node: NodeRun, start: float) -> None:
+        if self.options.warm_only:
+            await self._wait_warm(http, node, start)
+            return
+        jobs = []
+        for name in self.image_names:
+            response = await http.post(f"{self.api(node)}/fetch", json={"manifest": name})
+            if response.status_code != 202:
+                node.error = f"fetch {name}: {response.status_code} {response.text}"
+                return
+            jobs.append(response.json()["job"])
+        pending = set(jobs)
+        while pending:
+            for job_id in sorted(pending):
+                job = (await http.get(f"{self.api(node)}/jobs/{job_id}")).json()
+                if job["state"] == "running":
+                    continue
+                pending.discard(job_id)
+                node.bytes_from_hub += job.get("bytes_from_hub", 0)
+                node.bytes_from_peers += job.get("bytes_from_peers", 0)
+                for reason, count in job.get("hub_reasons", {}).items():
+                    node.hub_reasons[reason] = node.hub_reasons.get(reason, 0) + count
+                if job["state"] != "done":
+                    node.error = job.get("error", "failed")
+                node.hot_s = max(node.hot_s or 0.0, node.spec.join_s + (job.get("hot_seconds") or 0.0))
+            if pending:
+                await trio.sleep(self.options.poll_s)
+        node.done_s = trio.current_time() - start
+
+    async def _wait_warm(self, http: httpx.AsyncClient, node: NodeRun, start: float) -> None:
+        while True:
+            status = (await http.get(f"{self.api(node)}/status")).json()
+            warm = status.get("warm") or {}
+            if warm.get("passes", 0) >= 1:
+                break
+            await trio.sleep(self.options.poll_s)
+        for job in status["jobs"]:
+            node.bytes_from_hub += job.get("bytes_from_hub", 0)
+            node.bytes_from_peers += job.get("bytes_from_peers", 0)
+        if warm.get("errors"):
+            node.error = "; ".join(warm["errors"][-3:])
+        node.done_s = trio.current_time() - start
+
+    async def _leave(self, node: NodeRun, at: float, scope: trio.CancelScope) -> None:
+        await trio.sleep_until(at)
+        if node.process is not None and node.done_s is None:
+            node.process.send_signal(signal.SIGKILL)
+            node.left = True
+            self.options.events.append((at, f"{node.spec.name} left"))
+            scope.cancel()
+
+    async def _outages(self, http: httpx.AsyncClient, start: float) -> None:
+        for down, up in self.topo.hub.down:
+            await trio.sleep_until(start + down)
+            await http.post(f"{self.hub_url}_admin/down")
+            await trio.sleep_until(start + up)
+            await http.post(f"{self.hub_url}_admin/up")
+
+    async def _sample(self, http: httpx.AsyncClient, start: float, scope: trio.CancelScope) -> None:
+        fetching = [n for n in self.nodes if n.spec.role != "seed"]
+        while True:
+            stats = (await http.get(f"{self.hub_url}_stats")).json()
+            done = sum(1 for n in fetching if n.done_s is not None)
+            self.timeline.append((trio.current_time() - start, done, stats["total_bytes"]))
+            if all(n.done_s is not None or n.left or n.error for n in fetching):
+                scope.cancel()
+                return
+            await trio.sleep(0.5)
+
+    # ---- tear-down and results ------------------------------------------------------------------------------
+
+    def stop_all(self) -> None:
+        processes = [n.process for n in self.nodes if n.process is not None]
+        if self.hub_process is not None:
+            processes.append(self.hub_process)
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for process in processes:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        self.backend.close()
+
+    def verify_caches(self) -> int:
+        """Re-verify every chunk of every node's cache; return how many were corrupt."""
+        corrupt = 0
+        for node in self.nodes:
+            directory = self.work / "nodes" / node.spec.name
+            if (directory / "index.sqlite3").exists():
+                with ChunkCache(directory, budget_bytes=64 * 2**30) as cache:
+                    corrupt += cache.reconcile(full=True).corrupt
+        return corrupt
+
+    def result(self, corrupt: int) -> dict[str, Any]:
+        fetching = [n for n in self.nodes if n.spec.role != "seed"]
+        done = [n.done_s for n in fetching if n.done_s is not None]
+        bound = lower_bound_s(self.topo)
+        last = max(done) if len(done) == len([n for n in fetching if not n.left]) and done else None
+        image_bytes = self.image_bytes * self.options.images
+        return {
+            "scenario": self.options.scenario,
+            "backend": type(self.backend).__name__.removesuffix("Backend").lower(),
+            "nodes": len(fetching),
+            "seeds": len(self.nodes) - len(fetching),
+            "image_bytes": image_bytes,
+            "hub_bytes": int(self.hub_stats.get("total_bytes", 0)),
+            "hub_ratio": round(self.hub_stats.get("total_bytes", 0) / image_bytes, 3) if image_bytes else None,
+            "hub_peak_inflight": self.hub_stats.get("peak_inflight"),
+            "peer_bytes": sum(n.bytes_from_peers for n in fetching),
+            "per_node_done_s": [None if n.done_s is None else round(n.done_s, 3) for n in fetching],
+            "last_node_done_s": None if last is None else round(last, 3),
+            "lower_bound_s": round(bound, 3),
+            "ratio_to_bound": None if last is None or bound <= 0 else round(last / bound, 3),
+            "hot_done_s": max((n.hot_s for n in fetching if n.hot_s is not None), default=None),
+            "errors": [f"{n.spec.name}: {n.error}" for n in fetching if n.error],
+            "left": [n.spec.name for n in fetching if n.left],
+            "corrupt_chunks": corrupt,
+            "hub_reasons": {n.spec.name: n.hub_reasons for n in fetching},
+            "timeline": self.timeline,
+        }

@@ -1,0 +1,7 @@
+"""``python -m p2pchunks``: the same as the ``p2pchunks`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
