@@ -23,7 +23,7 @@ import trio
 from . import alerts
 from .cache import ChunkCache
 from .config import Config, split_hostport
-from .errors import ChunkCorrupt, ChunkNotFound, ChunkUnavailable, HubError, ManifestNotFound, P2PChunksError
+from .errors import BadConfig, ChunkCorrupt, ChunkNotFound, ChunkUnavailable, HubError, ManifestNotFound, P2PChunksError
 from .eviction import Pin
 from .fetch import FetchParams
 from .fetchjob import Arrival, Arrivals, FetchJob, FetchReport, Source
@@ -32,6 +32,7 @@ from .hub import HubClient
 from .ids import validate_chunk_id
 from .manifest import Manifest
 from .metrics import AgentStats
+from .rfscache import FillReport, RfsCacheFiller, fill_image
 from .seedlist import BootstrapList, ListInForce, shipped_keys, shipped_list
 from .signing import TrustedKeys
 from .swarm import Swarm, SwarmSettings, Torrent, open_swarm
@@ -69,6 +70,8 @@ class Agent:
         self.tracker: Tracker | None = None
         self.tracker_port = 0
         self.warmer: Warmer | None = None
+        self.fills: list[FillReport] = []
+        self.zdb_port = 0
         self._nursery = nursery
         self._inflight: dict[str, trio.Event] = {}
         self._disk = trio.CapacityLimiter(4)
@@ -228,6 +231,26 @@ class Agent:
 
     async def _missing(self, chunk_ids: Sequence[str]) -> list[str]:
         return await trio.to_thread.run_sync(lambda: [c for c in chunk_ids if not self.cache.has(c)])
+
+    async def blob(self, chunk_id: str) -> bytes:
+        """The bytes of a chunk, fetched if needed (cache → peers → hub): what the zdb proxy and the fill read."""
+        path, _ = await self.chunk(chunk_id)
+        return await trio.to_thread.run_sync(path.read_bytes)
+
+    async def holds(self, chunk_id: str) -> bool:
+        return bool(await trio.to_thread.run_sync(self.cache.has, chunk_id))
+
+    async def fill(self, ref: str) -> FillReport:
+        """Deploy-time fill of the node's rfs cache: the whole image, in file order, in parallel, ahead of rfs's
+        sequential reader; the swarm job fetches everything meanwhile, so most blobs come from peers."""
+        directory = self.config.rfs.cache_dir
+        if not directory:
+            raise BadConfig("rfs.cache_dir is not set: there is no rfs cache to fill")
+        job = await self.fetch(ref)
+        filler = RfsCacheFiller(Path(directory))
+        report = await fill_image(job.manifest, filler, self.blob, concurrency=self.config.fetch.hub_slots)
+        self.fills.append(report)
+        return report
 
     # ---- jobs -------------------------------------------------------------------------------------------------
 
@@ -470,6 +493,11 @@ async def open_agent(config: Config, *, swarm: bool | None = None) -> AsyncItera
                 agent.tracker = Tracker(interval=config.tracker.interval_s)
                 host, port = split_hostport(config.tracker.listen)
                 agent.tracker_port = await nursery.start(partial(serve_http, agent.tracker.handle, host, port))
+            if config.rfs.zdb_listen:
+                from .zdbproxy import serve_zdb_proxy
+
+                host, port = split_hostport(config.rfs.zdb_listen)
+                agent.zdb_port = await nursery.start(serve_zdb_proxy, agent.blob, agent.holds, host, port)
             if config.warm.official:
                 official = config.warm.official_file
                 list_path = Path(official) if official else shipped_list("official.toml")

@@ -6,6 +6,7 @@ Listens on loopback by default; on any other address it refuses to start without
     GET  /chunks/<id>            the chunk's bytes (cache, else peers, else hub)    HEAD: 200 if cached, else 404
     POST /fetch  {"manifest": ref, "wait": false}   fetch a whole image: 202 {"job": id} (200 + report if wait)
     POST /warm   {"manifest": ref, "pin": "official"|"user"|"none"}                 same, pinned
+    POST /fill   {"manifest": ref}      fill the node's rfs cache with the image's plaintext (waits; the report)
     GET  /jobs/<n>               a job's progress and report
     GET  /manifests/<ref>        a known manifest (bencoded)
     GET  /cache?limit=N          cache entries (JSON);  POST /cache/pin|unpin {"chunk"|"manifest", "pin"}
@@ -66,6 +67,8 @@ class Api:
             return Response(200, [("content-type", "text/plain; version=0.0.4")], body)
         if parts in (["fetch"], ["warm"]) and method == "POST":
             return await self._fetch(_json_body(request), warm=parts[0] == "warm")
+        if parts == ["fill"] and method == "POST":
+            return await self._fill(_json_body(request))
         if len(parts) == 2 and parts[0] == "jobs" and method == "GET":
             return self._job(parts[1])
         if len(parts) == 2 and parts[0] == "manifests" and method == "GET":
@@ -75,7 +78,7 @@ class Api:
             return await self._cache_list(request)
         if len(parts) == 2 and parts[0] == "cache" and method == "POST":
             return await self._cache_action(parts[1], _json_body(request))
-        if parts and parts[0] in ("chunks", "status", "metrics", "fetch", "warm", "jobs", "manifests", "cache"):
+        if parts and parts[0] in ("chunks", "status", "metrics", "fetch", "warm", "fill", "jobs", "manifests", "cache"):
             return _error(405 if len(parts) <= 2 else 404, f"{method} {request.path} is not supported")
         return _error(404, f"no route {request.path}")
 
@@ -103,6 +106,13 @@ class Api:
 
             return json_response(200 if job.state == "done" else 502, job_json(job))
         return json_response(202, {"job": job.id, "manifest": job.manifest.manifest_id})
+
+    async def _fill(self, body: dict[str, Any]) -> Response:
+        ref = body.get("manifest")
+        if not isinstance(ref, str) or not ref:
+            raise BadManifest('body needs "manifest": a name, id, path or URL')
+        report = await self.agent.fill(ref)
+        return json_response(200, dataclasses.asdict(report))
 
     def _job(self, raw: str) -> Response:
         from .agent import job_json

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true")
     s.add_argument("--force", action="store_true", help="evict down to the low watermark even below the high one")
 
+    p = sub.add_parser("import-flist", help="turn a zos flist (.fl or .flist) into a manifest (fetches every blob)")
+    p.add_argument("flist", help="a .fl/.flist file or an http(s) URL")
+    p.add_argument("--hub", required=True, help="where the blobs are: zdb://host:port/ns or http://reference-hub/")
+    p.add_argument("--out", type=Path, required=True, help="a hub root: blobs in chunks/, the manifest in manifests/")
+    p.add_argument("--name")
+    p.add_argument("--version", default="1")
+
+    p = sub.add_parser("rewrite-flist", help="point a flist at the agent's zdb proxy (copy; the source is kept)")
+    p.add_argument("src", type=Path)
+    p.add_argument("dst", type=Path)
+    p.add_argument("--zdb", required=True, help="HOST:PORT[/NAMESPACE] of the zdb proxy")
+
+    p = sub.add_parser("rfs-fill", help="fill the node's rfs cache with an image, ahead of the VM's reads")
+    p.add_argument("manifest")
+    p.add_argument("--api", default="http://127.0.0.1:7760")
+    p.add_argument("--token", default="")
+
     p = sub.add_parser("bench", help="benchmarks")
     p.add_argument("what", choices=["cache"])
     p.add_argument("--chunks", type=int, default=256)
@@ -128,7 +146,21 @@ def _dispatch(args: argparse.Namespace) -> int | None:
 
         trio.run(serve_hub_forever, args.root, args.listen, args.zdb, args.latency_ms, args.rate_mbps)
         return 0
-    if command in ("fetch", "status", "cache"):
+    if command == "import-flist":
+        from .importflist import import_flist
+
+        manifest = trio.run(
+            partial(import_flist, args.flist, hub=args.hub, out_dir=args.out, name=args.name, version=args.version)
+        )
+        print(manifest.manifest_id)
+        return 0
+    if command == "rewrite-flist":
+        from .flistrewrite import rewrite_flist
+
+        version = rewrite_flist(args.src, args.dst, args.zdb)
+        print(f"{args.dst}: v{version} flist now reads from zdb://{args.zdb}")
+        return 0
+    if command in ("fetch", "status", "cache", "rfs-fill"):
         from . import client
 
         return trio.run(client.run_command, args)

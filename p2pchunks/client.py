@@ -34,6 +34,10 @@ async def run_command(args: argparse.Namespace) -> int:
         try:
             if args.command == "fetch":
                 return await _fetch(http, args.manifest, args.out)
+            if args.command == "rfs-fill":
+                report = await _call(http, "POST", "/fill", {"manifest": args.manifest})
+                print(json.dumps(report, indent=2))
+                return 0 if not report["failed"] and not report["stopped_for_space"] else 1
             if args.command == "status":
                 return await _status(http, as_json=args.json)
             return await _cache(http, args)
