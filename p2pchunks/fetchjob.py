@@ -224,10 +224,13 @@ class FetchJob:
         now = self._clock()
         if torrent is not None:
             availability = torrent.availability()
-            peers = [peer for peer in torrent.peers() if not peer.seed and not peer.upload_only]
+            # Seeds have everything and fetch nothing. Every other peer is a candidate: libtorrent's upload-only
+            # flag lags (a peer that just started fetching still shows it), so an idle holder is caught by the
+            # stall rule instead.
+            peers = [peer for peer in torrent.peers() if not peer.seed]
             for peer in torrent.peers():
-                if peer.seed:  # has everything: fetches nothing from the hub (upload-only peers may be between
-                    self._seen.pop(peer.ip, None)  # their hot chunks and the rest: they stay until they expire)
+                if peer.seed:
+                    self._seen.pop(peer.ip, None)
             self._seen.update((peer.ip, now) for peer in peers)
             # A peer stays a candidate for a while after its connection drops (connections churn, ownership
             # should not): only once it has been gone for ``owner_stall_s`` do its chunks move to the others.
