@@ -243,7 +243,7 @@ class Run:
         self.hub_url = f"http://{self.backend.hub_address}:{port}/"
 
     def start_node(self, node: NodeRun) -> None:
-        seeds = [n.address for n in self.nodes if n.spec.role == "seed" and n is not node]
+        seeds = [n.address for n in self.nodes if n.spec.role == "seed"]  # a seed announces to its own tracker
         extra = self.node_extra(node.spec) if self.node_extra else None
         config = self.work / "nodes" / f"{node.spec.name}.toml"
         routers = [self.nodes[0].address]

@@ -45,7 +45,9 @@ def topology(name: str, knobs: Knobs) -> Topology:
         raise ValueError(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
     nat = knobs.nodes if name == "nat-behind-seed" else 0
     seeds = 1 if name == "nat-behind-seed" else 0
-    nodes = farm(knobs.nodes, farms=knobs.farms, up_mbps=knobs.up_mbps, down_mbps=knobs.down_mbps, nat=nat, seeds=seeds)
+    nodes = farm(
+        knobs.nodes + seeds, farms=knobs.farms, up_mbps=knobs.up_mbps, down_mbps=knobs.down_mbps, nat=nat, seeds=seeds
+    )
     down: tuple[tuple[float, float], ...] = ()
     if name == "hub-outage":
         down = ((1.5, 6.0),)
