@@ -194,7 +194,8 @@ class Agent:
         for torrent in torrents:
             torrent.want([chunk_id])
             torrent.set_deadline(chunk_id, 0)
-            held_by_peers |= torrent.availability()[torrent.piece_of(chunk_id)] > 0
+            availability = torrent.availability()  # empty while libtorrent has no picker (e.g. as a seed)
+            held_by_peers |= bool(availability) and availability[torrent.piece_of(chunk_id)] > 0
         if held_by_peers:
             with trio.move_on_after(self.config.fetch.peer_wait_s):
                 await arrived.wait()
@@ -248,7 +249,23 @@ class Agent:
             raise BadConfig("rfs.cache_dir is not set: there is no rfs cache to fill")
         job = await self.fetch(ref)
         filler = RfsCacheFiller(Path(directory))
-        report = await fill_image(job.manifest, filler, self.blob, concurrency=self.config.fetch.hub_slots)
+
+        async def from_job(chunk_id: str) -> bytes:
+            """The job's copy (peers first, the hub as its policy says); on demand only if the job ended without it."""
+            if not await self.holds(chunk_id):
+                arrived = self.arrivals.event_for(chunk_id)
+                async with trio.open_nursery() as nursery:
+
+                    async def until_job_ends() -> None:
+                        await job.done.wait()
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(until_job_ends)
+                    await arrived.wait()
+                    nursery.cancel_scope.cancel()
+            return await self.blob(chunk_id)
+
+        report = await fill_image(job.manifest, filler, from_job, concurrency=self.config.fetch.hub_slots)
         self.fills.append(report)
         return report
 

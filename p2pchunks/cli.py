@@ -104,9 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default="")
 
     p = sub.add_parser("bench", help="benchmarks")
-    p.add_argument("what", choices=["cache"])
-    p.add_argument("--chunks", type=int, default=256)
-    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("what", choices=["cache", "fill", "load"])
+    p.add_argument("--chunks", type=int, default=256, help="cache: chunks of 1 MiB")
+    p.add_argument("--clients", type=int, default=4, help="cache: readers; load: concurrent API clients")
+    p.add_argument("--image-mib", type=int, default=1024, help="fill: image size")
+    p.add_argument("--latency-ms", type=float, default=50.0, help="fill: hub latency")
+    p.add_argument("--seconds", type=float, default=10.0, help="load: duration")
     return parser
 
 
@@ -165,6 +168,15 @@ def _dispatch(args: argparse.Namespace) -> int | None:
 
         return trio.run(client.run_command, args)
     if command == "bench":
+        if args.what == "fill":
+            from .fillbench import bench_fill
+
+            return trio.run(bench_fill, args.image_mib, args.latency_ms)
+        if args.what == "load":
+            from .loadbench import bench_load
+
+            print(json.dumps(trio.run(partial(bench_load, clients=args.clients, seconds=args.seconds)), indent=2))
+            return 0
         from .bench import bench_cache
 
         return trio.run(bench_cache, args.chunks, args.clients)
