@@ -85,7 +85,7 @@ class SwarmSection:
 
 @dataclass(frozen=True)
 class FetchSection:
-    discovery_grace_s: float = 1.5
+    discovery_grace_s: float = 1.0
     """Wait this long for peers before the first hub request of a job."""
     hot_deadline_s: float = 3.0
     """Boot-critical chunks still missing this long after a job started come from the hub."""

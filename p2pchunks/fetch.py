@@ -17,8 +17,8 @@ for a chunk only when peers cannot serve it in time:
   ``discovery_grace_s`` so that peers (LSD, DHT, trackers) have been found and the split is shared.
 * **its owner stalls**: a peer that has not completed a piece for ``owner_stall_s`` (or left) loses its share;
   the others take it over.
-* **a hot chunk misses its deadline** (``hot_deadline_s`` after the job started): boot-critical chunks go to the
-  hub whoever owns them.
+* **a hot chunk misses its deadline** (no peer has it ``hot_deadline_s`` after the discovery grace): boot-critical
+  chunks go to the hub whoever owns them.
 * **peers are too slow**: when the torrent's payload rate from peers stays below ``peer_floor_bps`` for
   ``peer_floor_window_s`` while chunks are wanted, chunks peers do have may also come from the hub.
 
@@ -46,7 +46,7 @@ class Reason(enum.Enum):
 
 @dataclass(frozen=True)
 class FetchParams:
-    discovery_grace_s: float = 1.5
+    discovery_grace_s: float = 1.0
     hot_deadline_s: float = 3.0
     owner_stall_s: float = 5.0
     peer_floor_bps: float = 64 * 1024
@@ -116,7 +116,7 @@ def pick_hub_chunks(wanted: Iterable[Wanted], view: View, params: FetchParams) -
         return []
     alone = view.candidates <= {view.me}
     peers_slow = view.slow_for_s >= params.peer_floor_window_s
-    hot_late = view.elapsed_s >= params.hot_deadline_s
+    hot_late = view.elapsed_s >= params.discovery_grace_s + params.hot_deadline_s
     picks: list[HubPick] = []
     for chunk in sorted(wanted, key=lambda w: w.rank):
         if chunk.chunk_id in view.hub_inflight:
@@ -130,9 +130,7 @@ def pick_hub_chunks(wanted: Iterable[Wanted], view: View, params: FetchParams) -
 
 
 def _reason(chunk: Wanted, view: View, *, alone: bool, peers_slow: bool, hot_late: bool) -> Reason | None:
-    if chunk.availability > 0:
-        if chunk.hot and hot_late:
-            return Reason.HOT_DEADLINE
+    if chunk.availability > 0:  # a peer has it: libtorrent is on it (the hot ones first)
         return Reason.PEERS_TOO_SLOW if peers_slow else None
     if alone:
         return Reason.ALONE

@@ -47,9 +47,10 @@ CASES: list[tuple[str, Wanted, View, Reason | None]] = [
     ("theirs: wait for the owner", wanted(THEIRS, TRIO), View(ME, TRIO, 2.0), None),
     ("theirs, owner stalled", wanted(THEIRS, TRIO), View(ME, TRIO, 2.0, stalled=frozenset({A})), Reason.OWNER_STALLED),
     ("theirs, hot, before deadline", wanted(THEIRS, TRIO, hot=True), View(ME, TRIO, 2.0), None),
-    ("theirs, hot, past deadline", wanted(THEIRS, TRIO, hot=True), View(ME, TRIO, 3.5), Reason.HOT_DEADLINE),
+    ("theirs, hot, past deadline", wanted(THEIRS, TRIO, hot=True), View(ME, TRIO, 4.5), Reason.HOT_DEADLINE),
+    ("theirs, hot, deadline counts after grace", wanted(THEIRS, TRIO, hot=True), View(ME, TRIO, 3.5), None),
     ("a peer has it", wanted(MINE, TRIO, avail=1), View(ME, TRIO, 5.0), None),
-    ("a peer has it, hot, late", wanted(MINE, TRIO, avail=2, hot=True), View(ME, TRIO, 5.0), Reason.HOT_DEADLINE),
+    ("a peer has it, hot, late: peers serve it", wanted(MINE, TRIO, avail=2, hot=True), View(ME, TRIO, 9.0), None),
     (
         "a peer has it, peers slow",
         wanted(MINE, TRIO, avail=1),
