@@ -14,7 +14,8 @@ for a chunk only when peers cannot serve it in time:
   rendezvous hashing (highest random weight): each computes ``owner_of(chunk, candidates)`` over the same
   set — itself plus its connected peers that are still downloading — and fetches from the hub only the chunks
   it owns. Everything else arrives from its owner over the swarm. Before the first hub request a node waits
-  ``discovery_grace_s`` so that peers (LSD, DHT, trackers) have been found and the split is shared.
+  ``discovery_grace_s`` so that peers (LSD, DHT, trackers) have been found, and it takes its share only while its
+  candidate set has been stable for ``settle_s``, so that the split it computes is the one its peers compute.
 * **its owner stalls**: a peer that has not completed a piece for ``owner_stall_s`` (or left) loses its share;
   the others take it over.
 * **a hot chunk misses its deadline** (no peer has it ``hot_deadline_s`` after the discovery grace): boot-critical
@@ -52,6 +53,9 @@ class FetchParams:
     peer_floor_bps: float = 64 * 1024
     peer_floor_window_s: float = 10.0
     hub_slots: int = 8
+    settle_s: float = 0.5
+    """Owned chunks go to the hub only once the candidate set has not changed for this long: nodes that see the
+    same peers compute the same owners, so a set still changing would send some chunks to the hub twice."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,8 @@ class View:
     hub_inflight: frozenset[str] = frozenset()
     slow_for_s: float = 0.0
     """How long the payload rate from peers has been below the floor while chunks were wanted."""
+    stable_for_s: float = float("inf")
+    """How long the candidate set has been what it is now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,11 +123,12 @@ def pick_hub_chunks(wanted: Iterable[Wanted], view: View, params: FetchParams) -
     alone = view.candidates <= {view.me}
     peers_slow = view.slow_for_s >= params.peer_floor_window_s
     hot_late = view.elapsed_s >= params.discovery_grace_s + params.hot_deadline_s
+    settled = view.stable_for_s >= params.settle_s
     picks: list[HubPick] = []
     for chunk in sorted(wanted, key=lambda w: w.rank):
         if chunk.chunk_id in view.hub_inflight:
             continue
-        reason = _reason(chunk, view, alone=alone, peers_slow=peers_slow, hot_late=hot_late)
+        reason = _reason(chunk, view, alone=alone, peers_slow=peers_slow, hot_late=hot_late, settled=settled)
         if reason is not None:
             picks.append(HubPick(chunk.chunk_id, reason))
             if len(picks) >= free:
@@ -129,13 +136,15 @@ def pick_hub_chunks(wanted: Iterable[Wanted], view: View, params: FetchParams) -
     return picks
 
 
-def _reason(chunk: Wanted, view: View, *, alone: bool, peers_slow: bool, hot_late: bool) -> Reason | None:
+def _reason(
+    chunk: Wanted, view: View, *, alone: bool, peers_slow: bool, hot_late: bool, settled: bool
+) -> Reason | None:
     if chunk.availability > 0:  # a peer has it: libtorrent is on it (the hot ones first)
         return Reason.PEERS_TOO_SLOW if peers_slow else None
     if alone:
         return Reason.ALONE
     if chunk.owner == view.me:
-        return Reason.OWNED
+        return Reason.OWNED if settled else None
     if chunk.owner in view.stalled or chunk.owner not in view.candidates:
         return Reason.OWNER_STALLED
     if chunk.hot and hot_late:

@@ -127,6 +127,7 @@ class FetchJob:
         self._hub_failures = 0
         self._owners: dict[str, str] = {}
         self._seen: dict[str, float] = {}
+        self._stable_since = 0.0
         self._owners_for: frozenset[str] = frozenset()
         self.report = FetchReport(manifest.manifest_id, manifest.name, len(manifest.chunk_ids), manifest.image_bytes)
 
@@ -242,7 +243,7 @@ class FetchJob:
             slow_since = (slow_since if slow_since is not None else now) if slow else None
         frozen = frozenset(candidates)
         if frozen != self._owners_for:
-            self._owners_for, self._owners = frozen, {}
+            self._owners_for, self._owners, self._stable_since = frozen, {}, now
         have = torrent.have() if torrent is not None else []
         wanted = []
         for chunk_id in pending:
@@ -260,6 +261,7 @@ class FetchJob:
             stalled=stalled,
             hub_inflight=frozenset(self._inflight),
             slow_for_s=0.0 if slow_since is None else now - slow_since,
+            stable_for_s=now - self._stable_since,
         )
         return view, wanted, slow_since
 

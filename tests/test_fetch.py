@@ -59,6 +59,8 @@ CASES: list[tuple[str, Wanted, View, Reason | None]] = [
     ),
     ("a peer has it, slow not long", wanted(MINE, TRIO, avail=1), View(ME, TRIO, 20.0, slow_for_s=3.0), None),
     ("already at the hub", wanted(MINE, TRIO), View(ME, TRIO, 2.0, hub_inflight=frozenset({MINE})), None),
+    ("ours, but the peer set just changed", wanted(MINE, TRIO), View(ME, TRIO, 2.0, stable_for_s=0.1), None),
+    ("ours, peer set settled", wanted(MINE, TRIO), View(ME, TRIO, 2.0, stable_for_s=0.6), Reason.OWNED),
 ]
 
 
