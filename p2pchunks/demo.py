@@ -56,7 +56,7 @@ def agent_config(work: Path, index: int, hub_url: str, *, swarm: bool, bootstrap
 
 
 async def run_round(
-    label: str, work: Path, hub_url: str, manifest_path: Path, agents: int, *, swarm: bool, stats_reset: object
+    label: str, work: Path, hub_url: str, manifest_path: Path, agents: int, *, swarm: bool
 ) -> RoundResult:
     async with AsyncExitStack() as stack:
         running: list[Agent] = []
@@ -103,15 +103,13 @@ async def run_demo(agents: int, image_mib: int, latency_ms: float, rate_mbps: fl
         image_bytes = result.manifest.image_bytes
         rounds = []
         async with open_hub_server(work / "hub", latency_ms=latency_ms, rate_mbps=rate_mbps) as (hub, url):
-            for label, swarm in (("hub only (zos today)", False), ("p2pchunks swarm", True)):
+            for label, swarm in (("hub only", False), ("swarm", True)):
                 hub.stats.reset()
-                round_result = await run_round(
-                    label, work, url, result.manifest_path, agents, swarm=swarm, stats_reset=None
-                )
+                round_result = await run_round(label, work, url, result.manifest_path, agents, swarm=swarm)
                 round_result.hub_bytes = hub.stats.total_bytes
                 rounds.append(round_result)
                 console.print(f"  {label}: done in {round_result.seconds:.1f} s")
-        table = Table(title=f"{agents} agents fetch {image_bytes / 2**20:.0f} MiB")
+        table = Table(title=f"{agents} agents fetch {image_bytes / 2**20:.0f} MiB (hub only = what zos does today)")
         for column in ("round", "agent", "time s", "from hub MiB", "from peers MiB"):
             table.add_column(column, justify="right" if column != "round" else "left")
         for r in rounds:
