@@ -167,7 +167,8 @@ class Agent:
         """Make sure ``chunk_id`` is in the cache (cache → peers → hub) and return its file and size."""
         validate_chunk_id(chunk_id)
         try:
-            located: tuple[Path, int] = await trio.to_thread.run_sync(self.cache.locate, chunk_id)
+            # A hit is one indexed SQLite lookup and a stat: cheaper inline than a hop to a worker thread.
+            located = self.cache.locate(chunk_id)
             self.stats.chunks_from_cache += 1
             return located
         except ChunkNotFound:

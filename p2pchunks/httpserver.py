@@ -343,10 +343,10 @@ class _Connection:
         sock = self.stream.socket
         position, end = offset, offset + length
         while position < end:
-            await trio.lowlevel.wait_writable(sock)
-            try:
+            try:  # try first, wait only when the socket is full: most chunks go out in one call
                 count = os.sendfile(sock.fileno(), fd, position, end - position)
             except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
                 continue
             except OSError as error:
                 if error.errno not in _SENDFILE_UNSUPPORTED:
