@@ -114,14 +114,19 @@ def _finish(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
 
 def _model(args: argparse.Namespace) -> int:
-    from .model import predict
+    from p2pchunks.fetch import FetchParams
+
+    from .model import ModelParams, predict
+
+    fetch = FetchParams()
+    params = ModelParams(hub_slots=fetch.hub_slots, coordination_s=fetch.discovery_grace_s + fetch.settle_s)
 
     knobs = _knobs(args)
     rows = []
     for size in args.sizes:
         for name in ("hub-only", "farm-deploy"):
             topo = topology(name, dataclasses.replace(knobs, nodes=size))
-            prediction = predict(topo)
+            prediction = predict(topo, params)
             rows.append(
                 {
                     "nodes": size,

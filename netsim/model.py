@@ -54,6 +54,9 @@ class ModelParams:
     max_steps: int = 50_000
     """Give up after this many steps (unfinished nodes then have no completion time)."""
     curve_points: int = 200
+    coordination_s: float = 0.0
+    """Swarm runs only: time during which no node asks the hub (the agents' discovery grace + settle time,
+    1.5 s by default — ``python -m netsim model`` passes it); added to every completion time. 0: the ideal."""
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,10 @@ def predict(topo: Topology, params: ModelParams = ModelParams()) -> Prediction:
         held[finished] = size
         done[finished] = t
         curve.append((t, int((fetch_count * ~np.isnan(done)).sum()), hub_total, peer_total))
+    if topo.swarm and params.coordination_s:  # nobody asks the hub during discovery: everything starts later
+        shift = params.coordination_s
+        done = np.where(cls.seed, done, done + shift)
+        curve = [(time + shift, count, hub, peer) for time, count, hub, peer in curve]
     return _prediction(topo, cls, done, hub_total, peer_total, curve, params.curve_points)
 
 
