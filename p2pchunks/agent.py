@@ -10,48 +10,33 @@ from __future__ import annotations
 
 import logging
 import math
-import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from . import alerts
 from .cache import ChunkCache
 from .config import Config, split_hostport
-from .errors import BadConfig, ChunkCorrupt, ChunkNotFound, ChunkUnavailable, HubError, ManifestNotFound, P2PChunksError
+from .errors import BadConfig, ChunkCorrupt, ChunkNotFound, ChunkUnavailable, HubError, ManifestNotFound
 from .eviction import Pin
 from .fetch import FetchParams
-from .fetchjob import Arrival, Arrivals, FetchJob, FetchReport, Source
+from .fetchjob import Arrival, Arrivals, FetchJob, Job, Source
 from .httpserver import serve_http
 from .hub import HubClient
 from .ids import validate_chunk_id
 from .manifest import Manifest
 from .metrics import AgentStats
 from .rfscache import FillReport, RfsCacheFiller, fill_image
-from .seedlist import BootstrapList, ListInForce, shipped_keys, shipped_list
-from .signing import TrustedKeys
+from .seedlist import shipped_list
 from .swarm import Swarm, SwarmSettings, Torrent, open_swarm
+from .swarmconfig import swarm_settings, trusted_keys, with_bootstrap
 from .tracker import Tracker
 from .warmer import Warmer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Job:
-    id: int
-    manifest: Manifest
-    pin: Pin
-    state: str = "running"
-    report: FetchReport | None = None
-    error: str = ""
-    done: trio.Event = field(default_factory=trio.Event)
-    job: FetchJob | None = None
 
 
 class Agent:
@@ -375,97 +360,6 @@ class Agent:
             "peers_connected": peers,
             "jobs_running": sum(1 for job in self.jobs.values() if job.state == "running"),
         }
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "mode": self.config.agent.mode,
-            "hub": self.config.agent.hub,
-            "swarm_port": self.swarm.listen_port if self.swarm else None,
-            "api_port": self.api_port,
-            "stats": self.stats.as_json(),
-            "gauges": self.gauges(),
-            "manifests": [
-                {"id": m.manifest_id, "name": m.name, "version": m.version, "bytes": m.image_bytes}
-                for m in self.manifests.values()
-            ],
-            "jobs": [job_json(job) for job in self.jobs.values()],
-            "warm": None
-            if self.warmer is None
-            else {
-                "passes": self.warmer.passes,
-                "held": self.warmer.held,
-                "version": self.warmer.warmed_version,
-                "errors": self.warmer.errors[-10:],
-            },
-        }
-
-
-def job_json(job: Job) -> dict[str, Any]:
-    report = job.report or (job.job.report if job.job else None)
-    out: dict[str, Any] = {"id": job.id, "manifest": job.manifest.name, "state": job.state, "error": job.error}
-    if report is not None:
-        out.update(
-            chunks=report.chunks,
-            done=report.done,
-            image_bytes=report.image_bytes,
-            from_cache=report.from_cache,
-            from_peers=report.from_peers,
-            from_hub=report.from_hub,
-            bytes_from_peers=report.bytes_from_peers,
-            bytes_from_hub=report.bytes_from_hub,
-            seconds=round(report.seconds, 3),
-            hot_seconds=None if report.hot_seconds is None else round(report.hot_seconds, 3),
-            hub_reasons=dict(report.hub_reasons),
-            errors=report.errors[-10:],
-        )
-    return out
-
-
-def trusted_keys(config: Config) -> TrustedKeys:
-    return shipped_keys().union(TrustedKeys.from_hex(config.warm.trusted_keys))
-
-
-def with_bootstrap(settings: SwarmSettings, config: Config) -> SwarmSettings:
-    """Add the volunteer seeds of the signed bootstrap list (DHT routers and trackers) to ``settings``."""
-    path = Path(config.swarm.bootstrap_file) if config.swarm.bootstrap_file else shipped_list("bootstrap.toml")
-    try:
-        listed = ListInForce("bootstrap", trusted_keys(config)).offer(path)
-    except P2PChunksError as error:
-        log.warning("bootstrap list %s refused: %s", path, error)
-        return settings
-    assert isinstance(listed, BootstrapList)
-    return replace(
-        settings,
-        dht_bootstrap=settings.dht_bootstrap + tuple(listed.dht_nodes),
-        trackers=settings.trackers + tuple(with_farm(url, config.agent.farm) for url in listed.trackers),
-    )
-
-
-def swarm_settings(config: Config) -> SwarmSettings:
-    section = config.swarm
-    bootstrap = tuple(split_hostport(item) for item in section.bootstrap)
-    return SwarmSettings(
-        listen=section.listen,
-        profile="seed" if config.agent.mode == "seed" else "node",
-        inbound=section.inbound,
-        utp=section.utp,
-        dht=section.dht,
-        dht_bootstrap=bootstrap,
-        lsd=section.lsd,
-        port_mapping=section.port_mapping,
-        upload_rate_bps=section.upload_rate_bps,
-        download_rate_bps=section.download_rate_bps,
-        limit_local_peers=section.limit_local_peers,
-        connections_limit=section.connections_limit,
-        trackers=tuple(with_farm(url, config.agent.farm) for url in section.trackers),
-    )
-
-
-def with_farm(tracker: str, farm: str) -> str:
-    """Name our farm to a tracker (it then lists same-farm peers first)."""
-    if not farm:
-        return tracker
-    return f"{tracker}{'&' if '?' in tracker else '?'}farm={urllib.parse.quote(farm)}"
 
 
 @asynccontextmanager

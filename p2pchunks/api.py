@@ -33,6 +33,7 @@ from .metrics import render_prometheus
 
 if TYPE_CHECKING:
     from .agent import Agent
+    from .fetchjob import Job
 
 MAX_BODY = 64 * 1024
 
@@ -61,7 +62,7 @@ class Api:
         if len(parts) == 2 and parts[0] == "chunks" and method in ("GET", "HEAD"):
             return await self._chunk(parts[1], head=method == "HEAD")
         if parts == ["status"] and method == "GET":
-            return json_response(200, self.agent.status())
+            return json_response(200, agent_status(self.agent))
         if parts == ["metrics"] and method == "GET":
             body = render_prometheus(self.agent.stats, self.agent.gauges)
             return Response(200, [("content-type", "text/plain; version=0.0.4")], body)
@@ -102,8 +103,6 @@ class Api:
         job = await self.agent.fetch(ref, pin=pin)
         if body.get("wait"):
             await job.done.wait()
-            from .agent import job_json
-
             return json_response(200 if job.state == "done" else 502, job_json(job))
         return json_response(202, {"job": job.id, "manifest": job.manifest.manifest_id})
 
@@ -115,8 +114,6 @@ class Api:
         return json_response(200, dataclasses.asdict(report))
 
     def _job(self, raw: str) -> Response:
-        from .agent import job_json
-
         job = self.agent.jobs.get(int(raw)) if raw.isdigit() else None
         if job is None:
             return _error(404, f"no job {raw!r}")
@@ -211,3 +208,49 @@ async def serve_api(agent: Agent, *, task_status: trio.TaskStatus[int] = trio.TA
     check_exposure(listen, agent.config.api.token)
     host, port = split_hostport(listen)
     await serve_http(Api(agent).handle, host, port, task_status=task_status)
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    report = job.report or (job.job.report if job.job else None)
+    out: dict[str, Any] = {"id": job.id, "manifest": job.manifest.name, "state": job.state, "error": job.error}
+    if report is not None:
+        out.update(
+            chunks=report.chunks,
+            done=report.done,
+            image_bytes=report.image_bytes,
+            from_cache=report.from_cache,
+            from_peers=report.from_peers,
+            from_hub=report.from_hub,
+            bytes_from_peers=report.bytes_from_peers,
+            bytes_from_hub=report.bytes_from_hub,
+            seconds=round(report.seconds, 3),
+            hot_seconds=None if report.hot_seconds is None else round(report.hot_seconds, 3),
+            hub_reasons=dict(report.hub_reasons),
+            errors=report.errors[-10:],
+        )
+    return out
+
+
+def agent_status(agent: Agent) -> dict[str, Any]:
+    """What ``GET /status`` answers."""
+    return {
+        "mode": agent.config.agent.mode,
+        "hub": agent.config.agent.hub,
+        "swarm_port": agent.swarm.listen_port if agent.swarm else None,
+        "api_port": agent.api_port,
+        "stats": agent.stats.as_json(),
+        "gauges": agent.gauges(),
+        "manifests": [
+            {"id": m.manifest_id, "name": m.name, "version": m.version, "bytes": m.image_bytes}
+            for m in agent.manifests.values()
+        ],
+        "jobs": [job_json(job) for job in agent.jobs.values()],
+        "warm": None
+        if agent.warmer is None
+        else {
+            "passes": agent.warmer.passes,
+            "held": agent.warmer.held,
+            "version": agent.warmer.warmed_version,
+            "errors": agent.warmer.errors[-10:],
+        },
+    }

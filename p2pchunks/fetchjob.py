@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import trio
 
 from .errors import ChunkCorrupt, ChunkNotFound, HubError
+from .eviction import Pin
 from .fetch import FetchParams, HubPick, StallTracker, View, Wanted, owner_of, pick_hub_chunks
 from .hub import HubClient
 from .manifest import Manifest
@@ -283,3 +284,15 @@ class FetchJob:
         self._hub_failures += 1
         backoff = min(5.0, 0.25 * 2 ** min(self._hub_failures, 5))
         self._hub_retry_at = self._clock() + backoff
+
+
+@dataclass
+class Job:
+    id: int
+    manifest: Manifest
+    pin: Pin
+    state: str = "running"
+    report: FetchReport | None = None
+    error: str = ""
+    done: trio.Event = field(default_factory=trio.Event)
+    job: FetchJob | None = None
