@@ -104,3 +104,15 @@ def http_status(error: P2PChunksError) -> int:
         if isinstance(error, cls):
             return status
     return 500
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first failure of ``group`` when all are plain errors (callers see ChunkNotFound or OSError, not a
+    group); the group itself when it holds a cancellation or an interrupt."""
+    errors, rest = group.split(Exception)
+    if errors is None or rest is not None:
+        return group
+    first: BaseException = errors
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first

@@ -116,7 +116,8 @@ def read_v1(path: Path, *, limits: FlistLimits = DEFAULT_LIMITS) -> FlistImage:
         with _sqlite(path) as db:
             return _read_v1_db(db, limits)
     with tempfile.TemporaryDirectory(prefix="p2pchunks-flist-") as tmp:
-        db_path = _extract_db(path, Path(tmp), limits)
+        db_path = Path(tmp) / V1_DB_NAME
+        extract_db(path, db_path, limits)
         with _sqlite(db_path) as db:
             return _read_v1_db(db, limits)
 
@@ -411,27 +412,26 @@ def _backend(tags: dict[str, str]) -> dict[str, object] | None:
     return backend
 
 
-def _extract_db(path: Path, into: Path, limits: FlistLimits) -> Path:
-    """Copy ``flistdb.sqlite3`` out of the tar.gz into ``into``; nothing else is written anywhere."""
-    out = into / V1_DB_NAME
-    read = 0
+def extract_db(src: Path, out: Path, limits: FlistLimits) -> str:
+    """Copy ``flistdb.sqlite3`` out of the tar.gz ``src`` into ``out``; return its member name."""
+    total = 0
     try:
-        with tarfile.open(path, mode="r:gz") as tar:
+        with tarfile.open(src, mode="r:gz") as tar:
             for index, member in enumerate(tar):
                 parts = PurePosixPath(member.name).parts
                 if index >= limits.max_tar_members or member.name.startswith("/") or ".." in parts:
-                    raise BadFlist(f"{path}: unsafe or too many tar members ({member.name[:120]!r})")
-                read += member.size
-                if read > 2 * limits.max_db_bytes:
-                    raise BadFlist(f"{path}: tar content over {2 * limits.max_db_bytes} bytes")
+                    raise BadFlist(f"{src}: unsafe or too many tar members ({member.name[:120]!r})")
+                total += member.size
+                if total > 2 * limits.max_db_bytes:
+                    raise BadFlist(f"{src}: tar content over {2 * limits.max_db_bytes} bytes")
                 if [part for part in parts if part != "."] != [V1_DB_NAME]:
                     continue
                 source = tar.extractfile(member) if member.isreg() else None
                 if source is None or member.size > limits.max_db_bytes:
-                    raise BadFlist(f"{path}: {V1_DB_NAME} is not a regular file of at most {limits.max_db_bytes} bytes")
+                    raise BadFlist(f"{src}: {V1_DB_NAME} is not a regular file of at most {limits.max_db_bytes} bytes")
                 with source, open(out, "wb") as sink:
                     shutil.copyfileobj(source, sink)
-                return out
+                return member.name
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
-        raise BadFlist(f"{path}: not a readable tar.gz: {error}") from None
-    raise BadFlist(f"{path}: no {V1_DB_NAME} in the archive")
+        raise BadFlist(f"{src}: not a readable tar.gz: {error}") from None
+    raise BadFlist(f"{src}: no {V1_DB_NAME} in the archive")

@@ -24,15 +24,14 @@ import shutil
 import sqlite3
 import tarfile
 import tempfile
-import zlib
 from collections.abc import Callable
 from contextlib import closing
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 from .errors import BadConfig, BadFlist
-from .flist import DEFAULT_LIMITS, V1_DB_NAME, FlistLimits, read_flist
+from .flist import DEFAULT_LIMITS, V1_DB_NAME, FlistLimits, extract_db, read_flist
 from .zdb import ZdbAddress, parse_zdb_url
 
 __all__ = ["RFS_STORE_SCHEMES", "parse_zdb_target", "rewrite_fl", "rewrite_flist", "rewrite_flist_v1", "zdb_url"]
@@ -122,7 +121,7 @@ def rewrite_flist_v1(
     def build(tmp: Path) -> None:
         with tempfile.TemporaryDirectory(prefix="p2pchunks-rewrite-", dir=tmp.parent) as work:
             db_path = Path(work) / V1_DB_NAME
-            arcname = _extract_db(src, db_path, limits)
+            arcname = extract_db(src, db_path, limits)
             try:
                 with closing(sqlite3.connect(db_path)) as db:
                     db.execute("CREATE TABLE IF NOT EXISTS metadata (key VARCHAR(64) PRIMARY KEY, value TEXT)")
@@ -136,31 +135,6 @@ def rewrite_flist_v1(
                 tar.add(db_path, arcname=arcname)
 
     _produce(dst, build)
-
-
-def _extract_db(src: Path, out: Path, limits: FlistLimits) -> str:
-    """Copy ``flistdb.sqlite3`` out of the tar.gz ``src`` into ``out``; return its member name."""
-    total = 0
-    try:
-        with tarfile.open(src, mode="r:gz") as tar:
-            for index, member in enumerate(tar):
-                parts = PurePosixPath(member.name).parts
-                if index >= limits.max_tar_members or member.name.startswith("/") or ".." in parts:
-                    raise BadFlist(f"{src}: unsafe or too many tar members ({member.name[:120]!r})")
-                total += member.size
-                if total > 2 * limits.max_db_bytes:
-                    raise BadFlist(f"{src}: tar content over {2 * limits.max_db_bytes} bytes")
-                if [part for part in parts if part != "."] != [V1_DB_NAME]:
-                    continue
-                source = tar.extractfile(member) if member.isreg() else None
-                if source is None or member.size > limits.max_db_bytes:
-                    raise BadFlist(f"{src}: {V1_DB_NAME} is not a regular file of at most {limits.max_db_bytes} bytes")
-                with source, open(out, "wb") as sink:
-                    shutil.copyfileobj(source, sink)
-                return member.name
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
-        raise BadFlist(f"{src}: not a readable tar.gz: {error}") from None
-    raise BadFlist(f"{src}: no {V1_DB_NAME} in the archive")
 
 
 # --- shared ---------------------------------------------------------------------------------------------------------

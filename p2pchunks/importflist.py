@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 import trio
 
-from .errors import BadConfig, BadFlist, HubError, HubTimeout, HubUnavailable
+from .errors import BadConfig, BadFlist, HubError, HubTimeout, HubUnavailable, first_error
 from .flist import FlistImage, read_flist
 from .hub import HubClient
 from .ids import chunk_relpath, default_verifier
@@ -207,20 +207,8 @@ async def _fetch_all(client: HubClient, blocks: list[str], out_dir: Path, concur
             for _ in range(min(concurrency, len(blocks))):
                 nursery.start_soon(worker)
     except BaseExceptionGroup as group:
-        raise _first_error(group) from None
+        raise first_error(group) from None
     return sizes
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first failure of ``group`` when all are plain errors (callers see ChunkNotFound or OSError, not a
-    group); the group itself when it holds a cancellation or an interrupt."""
-    errors, rest = group.split(Exception)
-    if errors is None or rest is not None:
-        return group
-    first: BaseException = errors
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return first
 
 
 def _verified_size(path: Path, block_id: str) -> int | None:

@@ -35,7 +35,7 @@ from typing import Literal
 import trio
 
 from .codec import decode
-from .errors import BadConfig, BadManifest, ChunkCorrupt, ChunkNotFound, ChunkUnavailable, HubError
+from .errors import BadConfig, BadManifest, ChunkCorrupt, ChunkNotFound, ChunkUnavailable, HubError, first_error
 from .ids import chunk_relpath, default_verifier
 from .manifest import Manifest
 
@@ -290,19 +290,7 @@ async def fill_image(
             for _ in range(min(concurrency, len(order))):
                 nursery.start_soon(worker)
     except BaseExceptionGroup as group:
-        raise _first_error(group) from None
+        raise first_error(group) from None
     if report.stopped_for_space:
         log.warning("rfs cache fill of %s stopped: out of space (%s)", manifest.name, report)
     return report
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first failure of ``group`` when all are plain errors (callers see ChunkNotFound or OSError, not a
-    group); the group itself when it holds a cancellation or an interrupt."""
-    errors, rest = group.split(Exception)
-    if errors is None or rest is not None:
-        return group
-    first: BaseException = errors
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return first
