@@ -66,7 +66,9 @@ class BootstrapList:
         return [seed.tracker for seed in self.seeds if seed.tracker]
 
 
-def _load(data: bytes, what: str) -> dict[str, Any]:
+def _load(data: bytes, what: str, entries: str) -> dict[str, Any]:
+    """The TOML document of a list whose only keys are ``version`` and its ``entries`` (required, maybe empty):
+    a signed list of the other kind must not parse as an empty list of this kind and lock the real one out."""
     if len(data) > MAX_LIST_BYTES:
         raise BadManifest(f"{what}: larger than {MAX_LIST_BYTES} bytes")
     try:
@@ -76,11 +78,16 @@ def _load(data: bytes, what: str) -> dict[str, Any]:
     version = doc.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise BadManifest(f"{what}: 'version' must be a non-negative integer")
+    unknown = sorted(set(doc) - {"version", entries})
+    if unknown:
+        raise BadManifest(f"{what}: unknown top-level keys {unknown} (only 'version' and [[{entries}]])")
+    if entries not in doc:
+        raise BadManifest(f"{what}: no [[{entries}]] (write '{entries} = []' for an empty list)")
     return doc
 
 
 def _entries(doc: dict[str, Any], key: str, what: str) -> list[dict[str, Any]]:
-    entries = doc.get(key, [])
+    entries = doc[key]
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise BadManifest(f"{what}: [[{key}]] must be a list of tables")
     return entries
@@ -102,7 +109,7 @@ def _build(cls: type[Any], entry: dict[str, Any], what: str) -> Any:
 
 
 def parse_official(data: bytes) -> OfficialList:
-    doc = _load(data, "official list")
+    doc = _load(data, "official list", "image")
     images = tuple(
         _build(OfficialImage, e, f"official image #{i}") for i, e in enumerate(_entries(doc, "image", "official list"))
     )
@@ -113,7 +120,7 @@ def parse_official(data: bytes) -> OfficialList:
 
 
 def parse_bootstrap(data: bytes) -> BootstrapList:
-    doc = _load(data, "bootstrap list")
+    doc = _load(data, "bootstrap list", "seed")
     seeds = tuple(_build(Seed, e, f"seed #{i}") for i, e in enumerate(_entries(doc, "seed", "bootstrap list")))
     for seed in seeds:
         try:

@@ -78,6 +78,8 @@ def test_a_bad_signature_or_an_older_version_is_refused_and_the_list_in_force_st
         "version = 'one'\n",
         "version = 1\nimage = 3\n",
         'version = 1\n[[image]]\nname = "a"\n',
+        "version = 1\n",  # no [[image]] at all: maybe a list of another kind
+        'version = 1\nimage = []\n[[seed]]\nname = "s"\naddress = "127.0.0.1:1"\n',
         'version = 1\n[[image]]\nname = "a"\nmanifest = "a"\ncolour = "red"\n',
         'version = 1\n[[image]]\nname = "a"\nmanifest = "a"\npriority = "high"\n',
         'version = 1\n[[image]]\nname = "a"\nmanifest = "a"\n[[image]]\nname = "a"\nmanifest = "b"\n',
