@@ -25,9 +25,18 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .config import split_hostport
-from .errors import BadConfig, BadManifest, ManifestNotFound, P2PChunksError, http_status
+from .errors import (
+    BadConfig,
+    BadManifest,
+    ChunkCorrupt,
+    ChunkUnavailable,
+    HubTimeout,
+    ManifestNotFound,
+    P2PChunksError,
+    http_status,
+)
 from .eviction import Pin, explain
-from .httpserver import FileBody, Request, Response, json_response, serve_http
+from .httpserver import FileBody, Request, Response, ServerLimits, json_response, serve_http
 from .ids import is_chunk_id, validate_chunk_id
 from .metrics import render_prometheus
 
@@ -36,6 +45,9 @@ if TYPE_CHECKING:
     from .fetchjob import Job
 
 MAX_BODY = 64 * 1024
+MAX_LIST = 1_000_000
+MAX_REF = 4096
+NAME_MAX = 255
 
 
 class Api:
@@ -85,6 +97,12 @@ class Api:
 
     async def _chunk(self, chunk_id: str, *, head: bool) -> Response:
         validate_chunk_id(chunk_id)
+        try:
+            return await self._chunk_response(chunk_id, head=head)
+        except P2PChunksError as error:  # name the chunk whatever the error (CacheFull, HubError, ...)
+            return _error(_chunk_status(error), str(error), chunk_id)
+
+    async def _chunk_response(self, chunk_id: str, *, head: bool) -> Response:
         headers = [("content-type", "application/octet-stream"), ("etag", f'"{chunk_id}"')]
         if head:
             if not await trio.to_thread.run_sync(self.agent.cache.has, chunk_id):
@@ -96,34 +114,32 @@ class Api:
         return Response(200, headers, FileBody(path, 0, size))
 
     async def _fetch(self, body: dict[str, Any], *, warm: bool) -> Response:
-        ref = body.get("manifest")
-        if not isinstance(ref, str) or not ref:
-            raise BadManifest('body needs "manifest": a name, id, path or URL')
+        ref = _manifest_ref(body)
         pin = _pin(body.get("pin", "official" if warm else "none"))
+        wait = _flag(body, "wait", False)
         job = await self.agent.fetch(ref, pin=pin)
-        if body.get("wait"):
+        if wait:
             await job.done.wait()
             return json_response(200 if job.state == "done" else 502, job_json(job))
         return json_response(202, {"job": job.id, "manifest": job.manifest.manifest_id})
 
     async def _fill(self, body: dict[str, Any]) -> Response:
-        ref = body.get("manifest")
-        if not isinstance(ref, str) or not ref:
-            raise BadManifest('body needs "manifest": a name, id, path or URL')
+        ref = _manifest_ref(body)
         report = await self.agent.fill(ref)
         return json_response(200, dataclasses.asdict(report))
 
     def _job(self, raw: str) -> Response:
-        job = self.agent.jobs.get(int(raw)) if raw.isdigit() else None
+        job = self.agent.jobs.get(int(raw)) if _whole_number(raw) else None
         if job is None:
             return _error(404, f"no job {raw!r}")
         return json_response(200, job_json(job))
 
     async def _cache_list(self, request: Request) -> Response:
-        limit = request.query.get("limit", "100")
-        if not limit.isdigit():
+        raw = request.query.get("limit", "100")
+        if not _whole_number(raw):
             return _error(400, "limit must be a whole number")
-        entries = await trio.to_thread.run_sync(lambda: self.agent.cache.entries(int(limit)))
+        limit = min(int(raw), MAX_LIST)
+        entries = await trio.to_thread.run_sync(lambda: self.agent.cache.entries(limit))
         usage = await trio.to_thread.run_sync(self.agent.cache.usage)
         return json_response(
             200,
@@ -145,9 +161,8 @@ class Api:
     async def _cache_action(self, action: str, body: dict[str, Any]) -> Response:
         cache = self.agent.cache
         if action == "gc":
-            plan = await trio.to_thread.run_sync(
-                lambda: cache.gc(dry_run=bool(body.get("dry_run", True)), force=bool(body.get("force", False)))
-            )
+            dry_run, force = _flag(body, "dry_run", True), _flag(body, "force", False)
+            plan = await trio.to_thread.run_sync(lambda: cache.gc(dry_run=dry_run, force=force))
             return json_response(200, {"victims": [v.chunk_id for v in plan.victims], "explain": explain(plan)})
         if action not in ("pin", "unpin"):
             return _error(404, f"no cache action {action!r}")
@@ -164,6 +179,39 @@ class Api:
             raise ManifestNotFound(f"no known manifest {ref!r}")
         await trio.to_thread.run_sync(cache.set_manifest_pin, manifest.manifest_id, pin)
         return json_response(200, {"manifest": manifest.manifest_id, "pin": pin.name.lower()})
+
+
+def _chunk_status(error: P2PChunksError) -> int:
+    """A chunk no source could deliver is 503, unless the hub's failure says more: 504 (it timed out) or 502 (it
+    sent wrong bytes)."""
+    status = http_status(error)
+    cause = error.__cause__
+    if isinstance(error, ChunkUnavailable) and isinstance(cause, HubTimeout | ChunkCorrupt):
+        return http_status(cause)
+    return status
+
+
+def _whole_number(raw: str) -> bool:
+    """ASCII digits only (``"²".isdigit()`` is True), and few enough for SQLite's integers."""
+    return raw.isascii() and raw.isdigit() and len(raw) <= 18
+
+
+def _flag(body: dict[str, Any], name: str, default: bool) -> bool:
+    """A JSON boolean: ``"no"`` must not read as True (``"force": "no"`` would evict pinned chunks)."""
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise BadManifest(f"{name!r} must be true or false, got {value!r}")
+    return value
+
+
+def _manifest_ref(body: dict[str, Any]) -> str:
+    """The ``manifest`` of a request body: a name, id, path or URL the file system and the hub can take."""
+    ref = body.get("manifest")
+    if not isinstance(ref, str) or not ref:
+        raise BadManifest('body needs "manifest": a name, id, path or URL')
+    if len(ref) > MAX_REF or "\x00" in ref or any(len(part.encode()) > NAME_MAX for part in ref.split("/")):
+        raise BadManifest(f"not a usable manifest reference: {ref[:80]!r}")
+    return ref
 
 
 def _pin(value: object) -> Pin:
@@ -207,7 +255,9 @@ async def serve_api(agent: Agent, *, task_status: trio.TaskStatus[int] = trio.TA
     listen = agent.config.api.listen
     check_exposure(listen, agent.config.api.token)
     host, port = split_hostport(listen)
-    await serve_http(Api(agent).handle, host, port, task_status=task_status)
+    # bodies are small JSON documents: anything larger is refused (413) before it is read
+    limits = ServerLimits(max_body_bytes=MAX_BODY)
+    await serve_http(Api(agent).handle, host, port, limits=limits, task_status=task_status)
 
 
 def job_json(job: Job) -> dict[str, Any]:

@@ -16,6 +16,7 @@ connection, guarded by one lock; hashing and writing the bytes of a new chunk ha
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T", bytes, int)
 
 TEMP_PREFIX = ".tmp-"
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (id TEXT PRIMARY KEY, size INTEGER NOT NULL, last_access REAL NOT NULL)
     WITHOUT ROWID;
@@ -82,6 +84,10 @@ class ReconcileReport:
     dropped_rows: int
     corrupt: int
     temp_removed: int
+
+
+def _disk_full(chunk_id: str, size: int, detail: str | None) -> CacheFull:
+    return CacheFull(f"chunk {chunk_id} ({size} B) does not fit: the cache's disk is full ({detail})")
 
 
 class ChunkCache:
@@ -159,6 +165,28 @@ class ChunkCache:
         """``(path, size)`` of a cached chunk, for zero-copy serving; records the access."""
         return self._serve(chunk_id, lambda path: path.stat().st_size)
 
+    def verify(self, chunk_id: str) -> bool:
+        """Re-hash a cached chunk's file: True if intact; a damaged one is dropped (row and file) and False.
+
+        For chunks whose file another writer may have touched: libtorrent writes peers' blocks straight into these
+        files, so a piece that fails its hash may have scribbled over a chunk already indexed. ChunkNotFound if the
+        chunk is not cached.
+        """
+        path = self.path_for(chunk_id)
+        with self._lock:
+            size = self._size_locked(chunk_id)
+        if size is None:
+            raise ChunkNotFound(chunk_id, "not in the cache")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        if len(data) == size and self._verifier(chunk_id, data):
+            return True
+        log.warning("cache entry %s: its file %s was damaged after it was cached: dropped", chunk_id, path)
+        self.remove(chunk_id)
+        return False
+
     def _serve(self, chunk_id: str, read: Callable[[Path], _T]) -> tuple[Path, _T]:
         """Read a hit and record the access; an entry whose file vanished or changed size is dropped."""
         path = self.path_for(chunk_id)
@@ -193,8 +221,13 @@ class ChunkCache:
                 return False
         if not self._verifier(chunk_id, data):
             raise ChunkCorrupt(chunk_id, "put")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._write_temp(final.parent, data)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._write_temp(final.parent, data)
+        except OSError as error:
+            if error.errno in _NO_SPACE:  # the disk filled behind the budget's back: a full cache, not a crash
+                raise _disk_full(chunk_id, len(data), error.strerror) from error
+            raise
         evicted: list[str] = []
         placed = False
         try:
@@ -213,6 +246,10 @@ class ChunkCache:
                 self._used += len(data)
                 self._count += 1
                 return True
+        except sqlite3.OperationalError as error:
+            if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise _disk_full(chunk_id, len(data), str(error)) from error
+            raise
         finally:
             if placed:
                 final.unlink(missing_ok=True)

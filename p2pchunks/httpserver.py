@@ -160,6 +160,8 @@ async def _run_connection(
                 await _Connection(stream, handler, limits, on_sent).run()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, h11.ProtocolError) as error:
                 log.debug("connection dropped: %r", error)
+            except Exception:  # e.g. a streamed body that raised after the head went out: drop this one only
+                log.exception("connection failed")
     finally:
         slots.release()
 

@@ -29,6 +29,9 @@ from .ratelimit import TokenBucket
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 """Larger answers are refused: no chunk or manifest is this big, and a broken hub must not fill our memory."""
+MIN_BODY_BPS = 1024
+"""A body must arrive at least this fast on average (after ``timeout`` of grace): a hub that trickles bytes just
+inside the read timeout cannot hold a request slot for ever. Far below any real share of a busy hub."""
 MAX_BACKOFF = 10.0
 VERIFY_IN_THREAD_BYTES = 1024 * 1024
 _ABSOLUTE_URL = re.compile(r"\Ahttps?://", re.IGNORECASE)
@@ -50,6 +53,7 @@ class _HttpFetcher:
     """GET one URL into memory, with hub failures translated into our errors once, here."""
 
     def __init__(self, *, timeout: float, max_connections: int) -> None:
+        self._timeout = timeout
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
@@ -61,7 +65,7 @@ class _HttpFetcher:
             async with self._client.stream("GET", url) as response:
                 status = response.status_code
                 if status == 200:
-                    return await _read_capped(response, url)
+                    return await _read_capped(response, url, self._timeout)
         except httpx.TimeoutException as error:
             raise HubTimeout(f"{url}: {type(error).__name__}") from error
         except httpx.RequestError as error:
@@ -79,17 +83,21 @@ class _HttpFetcher:
         await self._client.aclose()
 
 
-async def _read_capped(response: httpx.Response, url: str) -> bytes:
+async def _read_capped(response: httpx.Response, url: str, grace: float) -> bytes:
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise HubError(f"{url}: answer of {declared} bytes is over {MAX_BODY_BYTES}")
+    expected = int(declared) if declared.isdigit() else MAX_BODY_BYTES
     parts: list[bytes] = []
     size = 0
-    async for piece in response.aiter_bytes():
-        size += len(piece)
-        if size > MAX_BODY_BYTES:
-            raise HubError(f"{url}: answer is over {MAX_BODY_BYTES} bytes")
-        parts.append(piece)
+    with trio.move_on_after(grace + expected / MIN_BODY_BPS) as deadline:
+        async for piece in response.aiter_bytes():
+            size += len(piece)
+            if size > MAX_BODY_BYTES:
+                raise HubError(f"{url}: answer is over {MAX_BODY_BYTES} bytes")
+            parts.append(piece)
+    if deadline.cancelled_caught:
+        raise HubTimeout(f"{url}: body slower than {MIN_BODY_BPS} B/s ({size} bytes received)")
     return b"".join(parts)
 
 
