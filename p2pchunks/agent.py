@@ -20,7 +20,15 @@ import trio
 from . import alerts
 from .cache import ChunkCache
 from .config import Config, split_hostport
-from .errors import BadConfig, ChunkCorrupt, ChunkNotFound, ChunkUnavailable, HubError, ManifestNotFound
+from .errors import (
+    BadConfig,
+    ChunkCorrupt,
+    ChunkNotFound,
+    ChunkUnavailable,
+    HubError,
+    ManifestNotFound,
+    P2PChunksError,
+)
 from .eviction import Pin
 from .fetch import FetchParams
 from .fetchjob import Arrival, Arrivals, FetchJob, Job, Source
@@ -317,7 +325,11 @@ class Agent:
             return
         if isinstance(event, alerts.PieceFinished):
             torrent = swarm.torrents.get(event.infohash)
-            if torrent is not None and event.piece not in torrent.injected:
+            if torrent is None:
+                return
+            if event.piece in torrent.injected:
+                nursery.start_soon(self._recheck, torrent, event.piece)
+            else:
                 torrent.handle.read_piece(event.piece)
         elif isinstance(event, alerts.PieceRead):
             torrent = swarm.torrents.get(event.infohash)
@@ -329,11 +341,37 @@ class Agent:
             nursery.start_soon(self._from_peer, torrent, torrent.chunk_of(event.piece), event.data)
         elif isinstance(event, alerts.HashFailed):
             self.stats.corrupt_from_peers += 1
+            torrent = swarm.torrents.get(event.infohash)
+            if torrent is not None and event.piece in torrent.injected:
+                nursery.start_soon(self._recheck, torrent, event.piece)
         elif isinstance(event, alerts.PeerBanned):
             self.stats.peers_banned += 1
             log.warning("banned peer %s (corrupt data) on %s", event.ip, event.infohash)
         elif isinstance(event, alerts.TorrentFailed):
             log.warning("torrent %s: %s", event.infohash, event.message)
+
+    async def _recheck(self, torrent: Torrent, piece: int) -> None:
+        """Re-hash the cached file of a chunk we injected once libtorrent is done with the piece.
+
+        The cache and libtorrent share one file per chunk. A peer's blocks for a piece that was in flight when the
+        hub's copy arrived can still reach that file after the cache verified it (libtorrent's disk threads do not
+        order them after our injection). Such a chunk is dropped and fetched again, so the damage never outlives
+        the piece's own hash check.
+        """
+        chunk_id = torrent.chunk_of(piece)
+        try:
+            intact = await trio.to_thread.run_sync(self.cache.verify, chunk_id)
+        except ChunkNotFound:
+            return
+        if intact:
+            return
+        self.stats.cache_repairs += 1
+        torrent.injected.discard(piece)
+        log.warning("chunk %s: its file was damaged by a peer's in-flight blocks: fetching it again", chunk_id)
+        try:
+            await self.chunk(chunk_id)
+        except P2PChunksError as error:
+            log.warning("chunk %s could not be fetched again: %s", chunk_id, error)
 
     async def _from_peer(self, torrent: Torrent, chunk_id: str, data: bytes) -> None:
         torrent.injected.add(torrent.piece_of(chunk_id))

@@ -28,6 +28,7 @@ class AgentStats:
     corrupt_from_peers: int = 0
     corrupt_from_hub: int = 0
     peers_banned: int = 0
+    cache_repairs: int = 0
     hub_reasons: Counter[str] = field(default_factory=Counter)
     api_requests: Counter[str] = field(default_factory=Counter)
 
@@ -48,6 +49,7 @@ _COUNTERS = (
     ("corrupt_from_peers", "Pieces from peers that failed verification"),
     ("corrupt_from_hub", "Chunks from the hub that failed verification"),
     ("peers_banned", "Peers banned for sending corrupt data"),
+    ("cache_repairs", "Cached chunks found damaged by in-flight peer blocks and fetched again"),
 )
 
 

@@ -190,10 +190,14 @@ class Torrent:
         return {str(peer.local_endpoint[0]) for peer in self.handle.get_peer_info()}
 
     def inject(self, chunk_id: str, data: bytes) -> None:
-        """Hand a verified chunk (exact bytes) to libtorrent so peers can get it from us."""
+        """Hand a verified chunk (exact bytes) to libtorrent so peers can get it from us.
+
+        ``overwrite_existing``: blocks of this piece that a peer already sent are replaced too; without it
+        libtorrent keeps them, and a liar's blocks would end up in the file the cache just verified.
+        """
         piece = self.piece_of(chunk_id)
         self.injected.add(piece)
-        self.handle.add_piece(piece, data, 0)
+        self.handle.add_piece(piece, data, lt.torrent_handle.overwrite_existing)
 
     def set_deadline(self, chunk_id: str, milliseconds: int) -> None:
         self.handle.set_piece_deadline(self.piece_of(chunk_id), milliseconds)
