@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks")
     p.add_argument("what", choices=["cache", "fill", "load"])
     p.add_argument("--chunks", type=int, default=256, help="cache: chunks of 1 MiB")
-    p.add_argument("--clients", type=int, default=4, help="cache: readers; load: concurrent API clients")
+    p.add_argument("--clients", type=int, help="cache: readers (default 4); load: concurrent API clients (200)")
     p.add_argument("--image-mib", type=int, default=1024, help="fill: image size")
     p.add_argument("--latency-ms", type=float, default=50.0, help="fill: hub latency")
     p.add_argument("--seconds", type=float, default=10.0, help="load: duration")
@@ -175,11 +175,11 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         if args.what == "load":
             from .loadbench import bench_load
 
-            print(json.dumps(trio.run(partial(bench_load, clients=args.clients, seconds=args.seconds)), indent=2))
+            print(json.dumps(trio.run(partial(bench_load, clients=args.clients or 200, seconds=args.seconds)), indent=2))
             return 0
         from .bench import bench_cache
 
-        return trio.run(bench_cache, args.chunks, args.clients)
+        return trio.run(bench_cache, args.chunks, args.clients or 4)
     raise AssertionError(command)
 
 
