@@ -1,17 +1,17 @@
 """The chunk cache: content-addressed chunk files on disk and their SQLite index.
 
 Owns: the files under ``<directory>/chunks/ab/cd/<id>`` (the rfs layout, shared with libtorrent, which reads and
-writes the same files), ``<directory>/index.sqlite3`` (WAL, ``synchronous=NORMAL``), atomic verified writes, pins
-(direct and through manifests), protection of chunks in use, applying the eviction plan, and reconciling the
-index with what is really on disk. It must not know HTTP or libtorrent: it only learns of libtorrent's files
-through ``adopt`` and tells the swarm of evictions through evict listeners.
+writes the same files), atomic verified writes, protection of chunks in use, applying the eviction plan, and
+reconciling the index (``<directory>/index.sqlite3``, :mod:`p2pchunks.cacheindex`: sizes, accesses, pins direct
+and through manifests) with what is really on disk. It must not know HTTP or libtorrent: it only learns of
+libtorrent's files through ``adopt`` and tells the swarm of evictions through evict listeners.
 
 Invariants: a chunk is in the index only once its verified bytes sit, complete, at its final path; a write that
 fails at any point leaves neither a visible file nor a row. A cache hit never writes: last-access stamps are
 batched in memory and flushed by ``put``, ``gc``, ``close`` and ``flush_access``.
 
-Concurrency: the class is synchronous and thread-safe (trio callers use ``trio.to_thread.run_sync``). One SQLite
-connection, guarded by one lock; hashing and writing the bytes of a new chunk happen outside it.
+Concurrency: the class is synchronous and thread-safe (trio callers use ``trio.to_thread.run_sync``). One index
+(one SQLite connection), guarded by one lock; hashing and writing the bytes of a new chunk happen outside it.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from .errors import CacheFull, ChunkCorrupt, ChunkNotFound, ManifestNotFound
-from .eviction import Candidate, EvictionPlan, Pin, Watermarks, effective_budget, plan_eviction
+from .cacheindex import CacheEntry, CacheIndex
+from .errors import CacheFull, ChunkCorrupt, ChunkNotFound
+from .eviction import EvictionPlan, Pin, Watermarks, effective_budget, plan_eviction
 from .ids import Verifier, chunk_relpath, default_verifier, is_chunk_id, validate_chunk_id
 
 log = logging.getLogger(__name__)
@@ -40,28 +41,7 @@ _T = TypeVar("_T", bytes, int)
 
 TEMP_PREFIX = ".tmp-"
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS chunks (id TEXT PRIMARY KEY, size INTEGER NOT NULL, last_access REAL NOT NULL)
-    WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS pins (chunk_id TEXT PRIMARY KEY, pin INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS manifests (id TEXT PRIMARY KEY, name TEXT NOT NULL, pin INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS refs (manifest_id TEXT NOT NULL, chunk_id TEXT NOT NULL,
-    PRIMARY KEY (manifest_id, chunk_id)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS refs_by_chunk ON refs (chunk_id);
-PRAGMA user_version = 1;
-"""
-# A chunk's pin: the highest of its direct pin and the pins of the manifests that reference it.
-PIN_SQL = """MAX(COALESCE((SELECT pin FROM pins WHERE chunk_id = c.id), 0),
-    COALESCE((SELECT MAX(m.pin) FROM refs r JOIN manifests m ON m.id = r.manifest_id WHERE r.chunk_id = c.id), 0))"""
-
-
-@dataclass(frozen=True)
-class CacheEntry:
-    chunk_id: str
-    size: int
-    last_access: float
-    pin: Pin
-    manifests: tuple[str, ...]
+__all__ = ["TEMP_PREFIX", "CacheEntry", "ChunkCache", "ReconcileReport", "Usage"]
 
 
 @dataclass(frozen=True)
@@ -117,16 +97,8 @@ class ChunkCache:
         self._protected: Counter[str] = Counter()
         self._temps: set[str] = set()
         self._listeners: list[Callable[[Sequence[str]], None]] = []
-        self._db = sqlite3.connect(self.directory / "index.sqlite3", check_same_thread=False)
-        try:
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.executescript(SCHEMA)
-            self._used = self._count = 0
-            self._recount_locked()
-        except BaseException:
-            self._db.close()
-            raise
+        self._index = CacheIndex(self.directory / "index.sqlite3")
+        self._count, self._used = self._index.totals()
         self._closed = False
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
@@ -139,7 +111,7 @@ class ChunkCache:
                 self._flush_locked()
             finally:
                 self._closed = True
-                self._db.close()
+                self._index.close()
 
     def __enter__(self) -> ChunkCache:
         return self
@@ -215,9 +187,8 @@ class ChunkCache:
         """
         final = self.path_for(chunk_id)
         with self._lock:
-            if self._size_locked(chunk_id) is not None:
-                with self._db:
-                    self._ref_locked(manifest_id, chunk_id)
+            if self._index.size(chunk_id) is not None:
+                self._index.ref(manifest_id, chunk_id)
                 return False
         if not self._verifier(chunk_id, data):
             raise ChunkCorrupt(chunk_id, "put")
@@ -232,16 +203,14 @@ class ChunkCache:
         placed = False
         try:
             with self._lock:
-                if self._size_locked(chunk_id) is not None:
+                if self._index.size(chunk_id) is not None:
                     return False
                 evicted = self._make_room_locked(chunk_id, len(data), strict=True)
                 os.replace(tmp, final)
                 placed = True
                 self._sync_dir(final.parent)
                 self._flush_locked()
-                with self._db:
-                    self._db.execute("INSERT INTO chunks VALUES (?, ?, ?)", (chunk_id, len(data), self._clock()))
-                    self._ref_locked(manifest_id, chunk_id)
+                self._index.add(chunk_id, len(data), self._clock(), manifest_id)
                 placed = False
                 self._used += len(data)
                 self._count += 1
@@ -315,44 +284,32 @@ class ChunkCache:
 
     def record_manifest(self, manifest_id: str, name: str, chunk_ids: Iterable[str], pin: Pin = Pin.NONE) -> None:
         """Reference ``chunk_ids`` (present or not) from a manifest. Never lowers an existing pin of it."""
-        rows = [(manifest_id, validate_chunk_id(chunk_id)) for chunk_id in chunk_ids]
-        with self._lock, self._db:
-            self._db.execute(
-                "INSERT INTO manifests VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
-                "pin = MAX(pin, excluded.pin)",
-                (manifest_id, name, int(pin)),
-            )
-            self._db.executemany("INSERT OR IGNORE INTO refs VALUES (?, ?)", rows)
+        ids = [validate_chunk_id(chunk_id) for chunk_id in chunk_ids]
+        with self._lock:
+            self._index.record_manifest(manifest_id, name, ids, pin)
 
     def set_manifest_pin(self, manifest_id: str, pin: Pin) -> None:
-        with self._lock, self._db:
-            if self._db.execute("UPDATE manifests SET pin = ? WHERE id = ?", (int(pin), manifest_id)).rowcount == 0:
-                raise ManifestNotFound(f"no manifest {manifest_id!r} in the cache index")
+        with self._lock:
+            self._index.set_manifest_pin(manifest_id, pin)
 
     def forget_manifest(self, manifest_id: str) -> None:
-        with self._lock, self._db:
-            self._db.execute("DELETE FROM refs WHERE manifest_id = ?", (manifest_id,))
-            self._db.execute("DELETE FROM manifests WHERE id = ?", (manifest_id,))
+        with self._lock:
+            self._index.forget_manifest(manifest_id)
 
     def manifests(self) -> list[tuple[str, str, Pin]]:
         with self._lock:
-            rows = self._db.execute("SELECT id, name, pin FROM manifests ORDER BY name, id").fetchall()
-        return [(manifest_id, name, Pin(pin)) for manifest_id, name, pin in rows]
+            return self._index.manifests()
 
     def pin_chunk(self, chunk_id: str, pin: Pin) -> None:
         """Pin one chunk directly (present or not); ``Pin.NONE`` drops the direct pin."""
         validate_chunk_id(chunk_id)
-        with self._lock, self._db:
-            if pin is Pin.NONE:
-                self._db.execute("DELETE FROM pins WHERE chunk_id = ?", (chunk_id,))
-            else:
-                self._db.execute("INSERT OR REPLACE INTO pins VALUES (?, ?)", (chunk_id, int(pin)))
+        with self._lock:
+            self._index.pin_chunk(chunk_id, pin)
 
     def pin_of(self, chunk_id: str) -> Pin:
         validate_chunk_id(chunk_id)
         with self._lock:
-            (pin,) = self._db.execute(f"SELECT {PIN_SQL} FROM (SELECT ? AS id) c", (chunk_id,)).fetchone()
-        return Pin(pin)
+            return self._index.pin_of(chunk_id)
 
     # ---- usage and eviction --------------------------------------------------------------------------------
 
@@ -365,15 +322,7 @@ class ChunkCache:
         """Cached chunks in eviction order (the next victim first)."""
         with self._lock:
             self._flush_locked()
-            rows = self._db.execute(
-                f"SELECT c.id, c.size, c.last_access, {PIN_SQL} AS pin, (SELECT group_concat(manifest_id, ' ') "
-                "FROM (SELECT manifest_id FROM refs WHERE chunk_id = c.id ORDER BY manifest_id)) "
-                "FROM chunks c ORDER BY pin, c.last_access, c.id LIMIT ?",
-                (-1 if limit is None else limit,),
-            ).fetchall()
-        return [
-            CacheEntry(i, size, at, Pin(pin), tuple(refs.split()) if refs else ()) for i, size, at, pin, refs in rows
-        ]
+            return self._index.entries(limit)
 
     @contextmanager
     def protecting(self, chunk_ids: Iterable[str]) -> Iterator[None]:
@@ -395,7 +344,7 @@ class ChunkCache:
         with self._lock:
             self._flush_locked()
             plan = plan_eviction(
-                self._candidates_locked(), self._used, self.marks, protected=set(self._protected), force=force
+                self._index.candidates(), self._used, self.marks, protected=set(self._protected), force=force
             )
             evicted = [] if dry_run else self._delete_locked([victim.chunk_id for victim in plan.victims])
         self._notify(evicted)
@@ -414,7 +363,7 @@ class ChunkCache:
         """Make the index and the files agree (run at start-up; ``full``: also re-verify every indexed file)."""
         with self._lock:
             self._flush_locked()
-            indexed: dict[str, int] = dict(self._db.execute("SELECT id, size FROM chunks").fetchall())
+            indexed = self._index.sizes()
         adopted = removed = corrupt = temps = 0
         seen: set[str] = set()
         bad: list[str] = []
@@ -434,8 +383,8 @@ class ChunkCache:
                     corrupt += 1
                     bad.append(name)
                 elif size != indexed[name]:
-                    with self._lock, self._db:
-                        self._db.execute("UPDATE chunks SET size = ? WHERE id = ?", (size, name))
+                    with self._lock:
+                        self._index.set_size(name, size)
             else:
                 try:
                     adopted += self.adopt(name)
@@ -445,7 +394,7 @@ class ChunkCache:
         gone = [chunk_id for chunk_id in indexed if chunk_id not in seen]
         with self._lock:
             dropped = self._delete_locked(gone + bad)
-            self._recount_locked()
+            self._count, self._used = self._index.totals()
         self._notify(dropped)
         return ReconcileReport(adopted, removed, len(dropped), corrupt, temps)
 
@@ -457,29 +406,14 @@ class ChunkCache:
     # ---- internals (``_locked``: the caller holds ``self._lock``) ---------------------------------------------
 
     def _size_locked(self, chunk_id: str) -> int | None:
-        row = self._db.execute("SELECT size FROM chunks WHERE id = ?", (chunk_id,)).fetchone()
-        return None if row is None else int(row[0])
-
-    def _ref_locked(self, manifest_id: str | None, chunk_id: str) -> None:
-        if manifest_id is not None:
-            self._db.execute(
-                "INSERT OR IGNORE INTO refs SELECT id, ? FROM manifests WHERE id = ?", (chunk_id, manifest_id)
-            )
+        return self._index.size(chunk_id)
 
     def _index_locked(self, chunk_id: str, size: int, manifest_id: str | None) -> bool:
-        with self._db:
-            fresh = self._db.execute(
-                "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?)", (chunk_id, size, self._clock())
-            ).rowcount
-            self._ref_locked(manifest_id, chunk_id)
+        fresh = self._index.add(chunk_id, size, self._clock(), manifest_id)
         if fresh:
             self._used += size
             self._count += 1
-        return bool(fresh)
-
-    def _candidates_locked(self) -> list[Candidate]:
-        rows = self._db.execute(f"SELECT c.id, c.size, c.last_access, {PIN_SQL} FROM chunks c").fetchall()
-        return [Candidate(chunk_id, size, at, Pin(pin)) for chunk_id, size, at, pin in rows]
+        return fresh
 
     def _make_room_locked(self, chunk_id: str, incoming: int, *, strict: bool) -> list[str]:
         """Evict so that ``incoming`` more bytes fit; ``strict``: raise CacheFull (evicting nothing) if they can't."""
@@ -487,7 +421,7 @@ class ChunkCache:
             return []
         self._flush_locked()
         protected = {*self._protected, chunk_id}
-        plan = plan_eviction(self._candidates_locked(), self._used, self.marks, protected=protected, incoming=incoming)
+        plan = plan_eviction(self._index.candidates(), self._used, self.marks, protected=protected, incoming=incoming)
         if strict and plan.used_after + incoming > self.marks.budget_bytes:
             raise CacheFull(
                 f"chunk {chunk_id} ({incoming} B) does not fit: {plan.used_after} B of {self.marks.budget_bytes} B "
@@ -497,29 +431,17 @@ class ChunkCache:
 
     def _delete_locked(self, chunk_ids: Sequence[str]) -> list[str]:
         """Delete files and rows; return the ids that had a row."""
-        deleted: list[tuple[str, int]] = []
-        with self._db:
-            for chunk_id in chunk_ids:
-                self.path_for(chunk_id).unlink(missing_ok=True)
-                self._access.pop(chunk_id, None)
-                size = self._size_locked(chunk_id)
-                if size is not None:
-                    self._db.execute("DELETE FROM chunks WHERE id = ?", (chunk_id,))
-                    deleted.append((chunk_id, size))
+        for chunk_id in chunk_ids:
+            self.path_for(chunk_id).unlink(missing_ok=True)
+            self._access.pop(chunk_id, None)
+        deleted = self._index.delete(chunk_ids)
         self._used -= sum(size for _, size in deleted)
         self._count -= len(deleted)
         return [chunk_id for chunk_id, _ in deleted]
 
     def _flush_locked(self) -> None:
-        if self._access:
-            with self._db:
-                self._db.executemany(
-                    "UPDATE chunks SET last_access = ? WHERE id = ?", [(at, i) for i, at in self._access.items()]
-                )
-            self._access.clear()
-
-    def _recount_locked(self) -> None:
-        self._count, self._used = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM chunks").fetchone()
+        self._index.touch(self._access)
+        self._access.clear()
 
     def _sync_dir(self, directory: Path) -> None:
         if self._fsync:
