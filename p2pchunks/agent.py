@@ -9,7 +9,6 @@ Every service is a task of the nursery ``open_agent`` opens; nothing outlives it
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import trio
 
-from . import alerts
 from .cache import ChunkCache
 from .config import Config, split_hostport
 from .errors import (
@@ -27,7 +25,6 @@ from .errors import (
     ChunkUnavailable,
     HubError,
     ManifestNotFound,
-    P2PChunksError,
 )
 from .eviction import Pin
 from .fetch import FetchParams
@@ -41,6 +38,7 @@ from .rfscache import FillReport, RfsCacheFiller, fill_image
 from .seedlist import shipped_list
 from .swarm import Swarm, SwarmSettings, Torrent, open_swarm
 from .swarmconfig import swarm_settings, trusted_keys, with_bootstrap
+from .swarmevents import SwarmEvents
 from .tracker import Tracker
 from .warmer import Warmer
 
@@ -68,7 +66,7 @@ class Agent:
         self._nursery = nursery
         self._inflight: dict[str, trio.Event] = {}
         self._disk = trio.CapacityLimiter(4)
-        self._events_send, self._events = trio.open_memory_channel[alerts.SwarmEvent](math.inf)
+        self.events = SwarmEvents(self)
         self.fetch_params = FetchParams(
             discovery_grace_s=config.fetch.discovery_grace_s,
             hot_deadline_s=config.fetch.hot_deadline_s,
@@ -309,82 +307,6 @@ class Agent:
         finally:
             job.done.set()
 
-    # ---- swarm events -----------------------------------------------------------------------------------------
-
-    def _on_event(self, event: alerts.SwarmEvent) -> None:
-        self._events_send.send_nowait(event)
-
-    async def _handle_events(self) -> None:
-        async with trio.open_nursery() as nursery:
-            async for event in self._events:
-                self._handle(event, nursery)
-
-    def _handle(self, event: alerts.SwarmEvent, nursery: trio.Nursery) -> None:
-        swarm = self.swarm
-        if swarm is None:
-            return
-        if isinstance(event, alerts.PieceFinished):
-            torrent = swarm.torrents.get(event.infohash)
-            if torrent is None:
-                return
-            if event.piece in torrent.injected:
-                nursery.start_soon(self._recheck, torrent, event.piece)
-            else:
-                torrent.handle.read_piece(event.piece)
-        elif isinstance(event, alerts.PieceRead):
-            torrent = swarm.torrents.get(event.infohash)
-            if torrent is None or event.piece in torrent.injected:
-                return
-            if event.data is None:
-                log.warning("reading piece %d of %s failed: %s", event.piece, event.infohash, event.error)
-                return
-            nursery.start_soon(self._from_peer, torrent, torrent.chunk_of(event.piece), event.data)
-        elif isinstance(event, alerts.HashFailed):
-            self.stats.corrupt_from_peers += 1
-            torrent = swarm.torrents.get(event.infohash)
-            if torrent is not None and event.piece in torrent.injected:
-                nursery.start_soon(self._recheck, torrent, event.piece)
-        elif isinstance(event, alerts.PeerBanned):
-            self.stats.peers_banned += 1
-            log.warning("banned peer %s (corrupt data) on %s", event.ip, event.infohash)
-        elif isinstance(event, alerts.TorrentFailed):
-            log.warning("torrent %s: %s", event.infohash, event.message)
-
-    async def _recheck(self, torrent: Torrent, piece: int) -> None:
-        """Re-hash the cached file of a chunk we injected once libtorrent is done with the piece.
-
-        The cache and libtorrent share one file per chunk. A peer's blocks for a piece that was in flight when the
-        hub's copy arrived can still reach that file after the cache verified it (libtorrent's disk threads do not
-        order them after our injection). Such a chunk is dropped and fetched again, so the damage never outlives
-        the piece's own hash check.
-        """
-        chunk_id = torrent.chunk_of(piece)
-        try:
-            intact = await trio.to_thread.run_sync(self.cache.verify, chunk_id)
-        except ChunkNotFound:
-            return
-        if intact:
-            return
-        self.stats.cache_repairs += 1
-        torrent.injected.discard(piece)
-        log.warning("chunk %s: its file was damaged by a peer's in-flight blocks: fetching it again", chunk_id)
-        try:
-            await self.chunk(chunk_id)
-        except P2PChunksError as error:
-            log.warning("chunk %s could not be fetched again: %s", chunk_id, error)
-
-    async def _from_peer(self, torrent: Torrent, chunk_id: str, data: bytes) -> None:
-        torrent.injected.add(torrent.piece_of(chunk_id))
-        try:
-            await self.deliver(chunk_id, data, Source.PEERS, torrent.manifest.manifest_id)
-        except ChunkCorrupt:
-            self.stats.corrupt_from_peers += 1
-            log.error(
-                "piece for %s passed libtorrent's hash but not its chunk id: manifest %s is inconsistent",
-                chunk_id,
-                torrent.manifest.name,
-            )
-
     # ---- status -----------------------------------------------------------------------------------------------
 
     def gauges(self) -> dict[str, float]:
@@ -436,7 +358,7 @@ async def open_agent(config: Config, *, swarm: bool | None = None) -> AsyncItera
             if swarm:
                 settings = with_bootstrap(swarm_settings(config), config)
                 agent.swarm = await nursery.start(_run_swarm, agent, settings, directory)
-            nursery.start_soon(agent._handle_events)
+            nursery.start_soon(agent.events.run)
             await agent._load_known_manifests()
             agent.api_port = await nursery.start(serve_api, agent)
             if config.tracker.enabled:
@@ -464,6 +386,6 @@ async def open_agent(config: Config, *, swarm: bool | None = None) -> AsyncItera
 async def _run_swarm(
     agent: Agent, settings: SwarmSettings, directory: Path, *, task_status: trio.TaskStatus[Swarm]
 ) -> None:
-    async with open_swarm(settings, directory, agent._on_event) as swarm:
+    async with open_swarm(settings, directory, agent.events.send) as swarm:
         task_status.started(swarm)
         await trio.sleep_forever()
