@@ -203,7 +203,9 @@ class NetnsLab:
         _labs.add(self)
         try:
             self._namespace(self.switch)
-            self._ip(self.switch, "link", "add", "br0", "type", "bridge")
+            # A plain switch: multicast floods (with IGMP snooping and no querier, a host whose join the bridge has
+            # not learned yet misses its farm-mates' LSD announces)
+            self._ip(self.switch, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
             self._ip(self.switch, "link", "set", "br0", "up")
         except BaseException:
             self.close()
@@ -256,7 +258,7 @@ class NetnsLab:
         self._namespace(netns)
         self._plug(self.switch, "br0", netns, "wan")
         self._ip(netns, "addr", "add", f"{router.wan}/17", "dev", "wan")
-        self._ip(netns, "link", "add", "lan", "type", "bridge")
+        self._ip(netns, "link", "add", "lan", "type", "bridge", "mcast_snooping", "0")
         self._ip(netns, "addr", "add", f"{lan.network_address + 1}/24", "dev", "lan")
         self._ip(netns, "link", "set", "lan", "up")
         _cmd(["ip", "netns", "exec", netns, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])
@@ -294,6 +296,9 @@ class NetnsLab:
             self._namespace(netns)
             outer_ns, outer = self.switch, self._plug(self.switch, "br0", netns, "eth0")
             self._ip(netns, "addr", "add", f"{address}/17", "dev", "eth0")
+            # No default route here, so multicast needs its own: without it LSD cannot announce, and hosts of one
+            # farm would not find each other on their LAN. (Multicast stays on the lab's switch.)
+            self._ip(netns, "route", "add", "224.0.0.0/4", "dev", "eth0")
             self._route_nat_lans(netns, list(self._routers.values()))
             self._public.append(netns)
         if up_mbps is not None:

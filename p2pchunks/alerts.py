@@ -129,7 +129,7 @@ def translate(alert: Any) -> SwarmEvent | None:
         return ListenSucceeded(str(alert.address), int(alert.port), alert.socket_type == lt.socket_type_t.tcp)
     if isinstance(alert, lt.listen_failed_alert):
         return ListenFailed(str(alert.address), int(alert.port), alert.message())
-    if isinstance(alert, lt.peer_error_alert):
+    if isinstance(alert, lt.peer_error_alert | lt.peer_disconnected_alert):
         log.debug("%s", alert.message())
         return None
     if isinstance(alert, lt.alerts_dropped_alert):

@@ -96,6 +96,11 @@ def session_settings(settings: SwarmSettings) -> dict[str, Any]:
         "connection_speed": 200,
         "torrent_connect_boost": 50,
         "peer_connect_timeout": 3,
+        # Nodes of a farm hear each other on LSD at the same instant and connect both ways at once. With equal
+        # listen ports (6881 everywhere) libtorrent resolves the duplicate by a coin flip on each side, so half the
+        # time both connections die; the default 60 s before trying that peer again would leave the pair apart for
+        # the whole deploy.
+        "min_reconnect_time": 1,
         "request_timeout": 10,
         "close_redundant_connections": False,  # a node between its hot chunks and the rest must keep its peers
         "seed_choking_algorithm": 1 if seed else 0,  # fastest_upload for seeds, round robin for nodes

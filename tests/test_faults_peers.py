@@ -298,3 +298,16 @@ def test_cache_verify_drops_a_chunk_whose_file_was_scribbled_on(tmp_path: Path) 
         with pytest.raises(ChunkNotFound):
             cache.verify(ids[0])
         assert cache.get(ids[2]) == data[2]
+
+
+def test_a_pair_that_lost_both_links_to_a_simultaneous_open_retries_within_the_discovery_grace() -> None:
+    """Farm-mates hear each other's LSD announce at the same instant and connect both ways. With equal listen ports
+    (6881 on every node) libtorrent keeps one of the two connections by a coin flip on each side, so half the time
+    both die, and libtorrent's default wait before dialling that peer again is a minute: the pair would split the
+    hub's work as if alone. (Loopback cannot stage the collision reliably; the netns farm-deploy test shows it.)"""
+    from p2pchunks.fetch import FetchParams
+
+    for profile in ("node", "seed"):
+        pack = session_settings(SwarmSettings(profile=profile))  # type: ignore[arg-type]
+        assert pack["min_reconnect_time"] <= FetchParams().discovery_grace_s
+        assert lt.default_settings()["min_reconnect_time"] > FetchParams().discovery_grace_s  # what we override

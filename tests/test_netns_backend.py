@@ -151,15 +151,17 @@ def _leftovers() -> list[str]:
 @pytest.mark.slow
 @needs_netns
 async def test_farm_deploy_in_a_lab_shares_the_hub_work() -> None:
-    knobs = Knobs(nodes=3, image_mib=4, backend="netns", hub_mbps=50, deadline_s=120)
+    # 32 chunks: more than a node's hub slots (8), so one node that has not found its peers by the end of the
+    # discovery grace (it then fetches alone, a slot-full at most) cannot double the hub's work on its own.
+    knobs = Knobs(nodes=3, image_mib=16, backend="netns", hub_mbps=50, deadline_s=120)
     result = await run("farm-deploy", knobs)
     assert result["backend"] == "netns"
     assert result["errors"] == []
     assert len(result["per_node_done_s"]) == 3
     assert all(done is not None for done in result["per_node_done_s"])
     assert result["corrupt_chunks"] == 0
-    assert result["image_bytes"] == 4 * 2**20
-    assert result["hub_bytes"] <= 1.3 * result["image_bytes"]
+    assert result["image_bytes"] == 16 * 2**20
+    assert result["hub_bytes"] <= 1.3 * result["image_bytes"], (result["hub_reasons"], result["timeline"])
     assert result["peer_bytes"] > 0
     assert _leftovers() == []
 
