@@ -175,7 +175,8 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         if args.what == "load":
             from .loadbench import bench_load
 
-            print(json.dumps(trio.run(partial(bench_load, clients=args.clients or 200, seconds=args.seconds)), indent=2))
+            figures = trio.run(partial(bench_load, clients=args.clients or 200, seconds=args.seconds))
+            print(json.dumps(figures, indent=2))
             return 0
         from .bench import bench_cache
 
