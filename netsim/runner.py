@@ -15,14 +15,13 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 import trio
@@ -30,6 +29,7 @@ import trio
 from p2pchunks.cache import ChunkCache
 from p2pchunks.publish import publish
 
+from .backends import Backend, LoopbackBackend, free_port
 from .topology import NodeSpec, Topology, lower_bound_s
 
 API_PORT = 7760
@@ -37,41 +37,6 @@ HUB_PORT = 8080
 """The hub's port on backends other than loopback (which picks a free one)."""
 SWARM_PORT = 6881
 TRACKER_PORT = 6969
-
-
-class Backend(Protocol):
-    """Where processes run and how they are addressed."""
-
-    hub_address: str
-
-    def address(self, node: NodeSpec) -> str: ...
-
-    def spawn(self, host: str | None, argv: list[str], log: Path) -> subprocess.Popen[bytes]: ...
-
-    def http_transport(self) -> httpx.AsyncBaseTransport | None:
-        """How the harness's HTTP client reaches the hub and the APIs (``None``: directly)."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class LoopbackBackend:
-    """Every node a process on its own 127.0.0.x; strict NAT via ``inbound = false``; caps via libtorrent."""
-
-    hub_address = "127.0.0.1"
-
-    def address(self, node: NodeSpec) -> str:
-        return node.address
-
-    def spawn(self, host: str | None, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-        with log.open("ab") as out:
-            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def http_transport(self) -> httpx.AsyncBaseTransport | None:
-        return None
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass
@@ -101,12 +66,6 @@ class RunOptions:
     """Nodes warm their official list by themselves (update-storm): wait for that instead of fetching."""
     keep: bool = False
     events: list[tuple[float, str]] = field(default_factory=list)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def make_image(root: Path, size_bytes: int, hot_fraction: float, seed: int) -> list[str]:

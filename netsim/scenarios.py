@@ -18,7 +18,8 @@ from typing import Any
 
 from p2pchunks.signing import generate_keypair, load_signing_key, sign_file
 
-from .runner import LoopbackBackend, Run, RunOptions
+from .backends import LoopbackBackend
+from .runner import Run, RunOptions
 from .topology import HubSpec, ImageSpec, NodeSpec, Topology, farm
 
 SCENARIOS = ("farm-deploy", "hub-only", "nat-behind-seed", "hub-outage", "churn", "update-storm")

@@ -1,0 +1,56 @@
+"""Where a run's processes live and how the harness reaches them: the ``Backend`` protocol and the loopback backend.
+
+The netns backend (``netns_backend.py``) implements the same protocol with network namespaces.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+from .topology import NodeSpec
+
+
+class Backend(Protocol):
+    """Where processes run and how they are addressed."""
+
+    hub_address: str
+
+    def address(self, node: NodeSpec) -> str: ...
+
+    def spawn(self, host: str | None, argv: list[str], log: Path) -> subprocess.Popen[bytes]: ...
+
+    def http_transport(self) -> httpx.AsyncBaseTransport | None:
+        """How the harness's HTTP client reaches the hub and the APIs (``None``: directly)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LoopbackBackend:
+    """Every node a process on its own 127.0.0.x; strict NAT via ``inbound = false``; caps via libtorrent."""
+
+    hub_address = "127.0.0.1"
+
+    def address(self, node: NodeSpec) -> str:
+        return node.address
+
+    def spawn(self, host: str | None, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def http_transport(self) -> httpx.AsyncBaseTransport | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
