@@ -25,16 +25,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .config import split_hostport
-from .errors import (
-    BadConfig,
-    BadManifest,
-    ChunkCorrupt,
-    ChunkUnavailable,
-    HubTimeout,
-    ManifestNotFound,
-    P2PChunksError,
-    http_status,
-)
+from .errors import BadConfig, BadManifest, ManifestNotFound, P2PChunksError, http_status
 from .eviction import Pin, explain
 from .httpserver import FileBody, Request, Response, ServerLimits, json_response, serve_http
 from .ids import is_chunk_id, validate_chunk_id
@@ -61,7 +52,9 @@ class Api:
         try:
             response = await self._route(request)
         except P2PChunksError as error:
-            response = _error(http_status(error), str(error), getattr(error, "chunk_id", None))
+            # name the chunk whatever the error (CacheFull, HubError, ...)
+            chunk = _requested_chunk(request) or getattr(error, "chunk_id", None)
+            response = _error(http_status(error), str(error), chunk)
         self.agent.stats.api_requests[str(response.status)] += 1
         return response
 
@@ -97,12 +90,6 @@ class Api:
 
     async def _chunk(self, chunk_id: str, *, head: bool) -> Response:
         validate_chunk_id(chunk_id)
-        try:
-            return await self._chunk_response(chunk_id, head=head)
-        except P2PChunksError as error:  # name the chunk whatever the error (CacheFull, HubError, ...)
-            return _error(_chunk_status(error), str(error), chunk_id)
-
-    async def _chunk_response(self, chunk_id: str, *, head: bool) -> Response:
         headers = [("content-type", "application/octet-stream"), ("etag", f'"{chunk_id}"')]
         if head:
             if not await trio.to_thread.run_sync(self.agent.cache.has, chunk_id):
@@ -181,14 +168,10 @@ class Api:
         return json_response(200, {"manifest": manifest.manifest_id, "pin": pin.name.lower()})
 
 
-def _chunk_status(error: P2PChunksError) -> int:
-    """A chunk no source could deliver is 503, unless the hub's failure says more: 504 (it timed out) or 502 (it
-    sent wrong bytes)."""
-    status = http_status(error)
-    cause = error.__cause__
-    if isinstance(error, ChunkUnavailable) and isinstance(cause, HubTimeout | ChunkCorrupt):
-        return http_status(cause)
-    return status
+def _requested_chunk(request: Request) -> str | None:
+    """The ``<id>`` of a ``/chunks/<id>`` request (maybe not a valid id: ``_error`` checks)."""
+    parts = [p for p in request.path.split("/") if p]
+    return parts[1] if len(parts) == 2 and parts[0] == "chunks" else None
 
 
 def _whole_number(raw: str) -> bool:

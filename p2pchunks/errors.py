@@ -99,7 +99,13 @@ STATUS_BY_ERROR: tuple[tuple[type[P2PChunksError], int], ...] = (
 
 
 def http_status(error: P2PChunksError) -> int:
-    """The HTTP status the local API answers for ``error`` (first matching class wins)."""
+    """The HTTP status the local API answers for ``error`` (first matching class wins).
+
+    A chunk no source could deliver (503) answers as the hub's failure when that says more: 504 if the hub timed
+    out, 502 if it sent wrong bytes."""
+    cause = error.__cause__
+    if isinstance(error, ChunkUnavailable) and isinstance(cause, HubTimeout | ChunkCorrupt):
+        return http_status(cause)
     for cls, status in STATUS_BY_ERROR:
         if isinstance(error, cls):
             return status
