@@ -144,11 +144,7 @@ class ChunkCache:
         files, so a piece that fails its hash may have scribbled over a chunk already indexed. ChunkNotFound if the
         chunk is not cached.
         """
-        path = self.path_for(chunk_id)
-        with self._lock:
-            size = self._size_locked(chunk_id)
-        if size is None:
-            raise ChunkNotFound(chunk_id, "not in the cache")
+        path, size = self._indexed(chunk_id)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -161,11 +157,7 @@ class ChunkCache:
 
     def _serve(self, chunk_id: str, read: Callable[[Path], _T]) -> tuple[Path, _T]:
         """Read a hit and record the access; an entry whose file vanished or changed size is dropped."""
-        path = self.path_for(chunk_id)
-        with self._lock:
-            size = self._size_locked(chunk_id)
-        if size is None:
-            raise ChunkNotFound(chunk_id, "not in the cache")
+        path, size = self._indexed(chunk_id)
         try:
             found = read(path)
         except FileNotFoundError:
@@ -177,6 +169,14 @@ class ChunkCache:
         with self._lock:
             self._access[chunk_id] = self._clock()
         return path, found
+
+    def _indexed(self, chunk_id: str) -> tuple[Path, int]:
+        """The file and indexed size of a cached chunk; ChunkNotFound if it is not in the index."""
+        with self._lock:
+            size = self._size_locked(chunk_id)
+        if size is None:
+            raise ChunkNotFound(chunk_id, "not in the cache")
+        return self.path_for(chunk_id), size
 
     # ---- writing -------------------------------------------------------------------------------------------
 
