@@ -9,10 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import libtorrent as lt
+import trio
+
 from p2pchunks.agent import Agent, open_agent
 from p2pchunks.config import Config
 from p2pchunks.manifest import Manifest
 from p2pchunks.publish import publish
+from p2pchunks.swarm import SwarmSettings, session_settings, torrent_info
 
 CHUNK = 64 * 1024  # small chunks: many pieces from a few MiB
 
@@ -81,3 +85,29 @@ def connect_all(group: list[Agent], manifest: Manifest) -> None:
                     torrent.connect(b.swarm.settings.host, b.swarm.listen_port)
                 elif (back := b.swarm.torrents.get(infohash)) is not None:
                     back.connect(a.swarm.settings.host, a.swarm.listen_port)
+
+
+@asynccontextmanager
+async def bare_torrent(
+    manifest: Manifest, settings: SwarmSettings, directory: Path, *, have_all: bool = False
+) -> AsyncIterator[tuple[Any, Any]]:
+    """A bare libtorrent session with our settings (no agent code) holding the torrent of ``manifest`` stored in
+    ``directory``: every piece claimed (``have_all``) or none. Yields (session, handle)."""
+    pack: Any = session_settings(settings)
+    params = lt.session_params()
+    params.settings = pack
+    session = lt.session(params)
+    try:
+        add = lt.add_torrent_params()
+        add.ti = torrent_info(manifest)
+        add.save_path = str(directory)
+        if have_all:
+            add.have_pieces = [True] * len(manifest.piece_ids)
+        add.flags &= ~lt.torrent_flags.auto_managed
+        add.flags &= ~lt.torrent_flags.paused
+        yield session, session.add_torrent(add)
+    finally:
+        session.pause()
+        with trio.CancelScope(shield=True):
+            await trio.sleep(0.3)
+        del session

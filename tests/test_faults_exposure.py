@@ -21,10 +21,10 @@ from p2pchunks.config import Config
 from p2pchunks.errors import BadConfig
 from p2pchunks.hubserver import open_hub_server
 from p2pchunks.publish import publish
-from p2pchunks.swarm import SwarmSettings, session_settings, torrent_info
+from p2pchunks.swarm import SwarmSettings, session_settings
 from p2pchunks.swarmconfig import swarm_settings, with_bootstrap
 
-from .swarmkit import CHUNK, address, agent_config, agents, make_image
+from .swarmkit import CHUNK, address, agent_config, agents, bare_torrent, make_image
 
 TOKEN = "s3cret-token"
 
@@ -125,18 +125,8 @@ async def test_with_a_token_every_route_needs_it(tmp_path: Path) -> None:
 
 async def _leech(manifest: Any, directory: Path, seed_ip: str, seed_port: int, seconds: float) -> tuple[int, int]:
     """A bare libtorrent session that asks the seed for ``manifest``: (pieces it got, peers it ever saw)."""
-    ip = address()
-    pack: Any = session_settings(SwarmSettings(listen=f"{ip}:0", utp=False, dht=False, lsd=False))
-    params = lt.session_params()
-    params.settings = pack
-    session = lt.session(params)
-    try:
-        add = lt.add_torrent_params()
-        add.ti = torrent_info(manifest)
-        add.save_path = str(directory)
-        add.flags &= ~lt.torrent_flags.auto_managed
-        add.flags &= ~lt.torrent_flags.paused
-        handle = session.add_torrent(add)
+    settings = SwarmSettings(listen=f"{address()}:0", utp=False, dht=False, lsd=False)
+    async with bare_torrent(manifest, settings, directory) as (_, handle):
         handle.connect_peer((seed_ip, seed_port))
         peers = 0
         with trio.move_on_after(seconds):
@@ -147,11 +137,6 @@ async def _leech(manifest: Any, directory: Path, seed_ip: str, seed_port: int, s
                     break
                 await trio.sleep(0.1)
         return int(handle.status().num_pieces), peers
-    finally:
-        session.pause()
-        with trio.CancelScope(shield=True):
-            await trio.sleep(0.3)
-        del session
 
 
 async def test_a_seed_serves_only_the_torrents_of_manifests_it_holds(tmp_path: Path) -> None:

@@ -21,12 +21,13 @@ import pytest
 import trio
 
 from p2pchunks.agent import Agent
+from p2pchunks.fetchjob import Job
 from p2pchunks.hubserver import open_hub_server
 from p2pchunks.ids import blake2b_verifier, chunk_relpath
 from p2pchunks.manifest import Manifest
-from p2pchunks.swarm import SwarmSettings, session_settings, torrent_info
+from p2pchunks.swarm import SwarmSettings, session_settings
 
-from .swarmkit import address, agent_config, agents, make_image
+from .swarmkit import Image, address, agent_config, agents, bare_torrent, make_image
 
 DEADLINE = 90
 BLOCK = 16 * 1024
@@ -95,24 +96,8 @@ async def open_liar(
         upload_rate_bps=upload_bps,
         limit_local_peers=bool(upload_bps),
     )
-    pack: Any = session_settings(settings)
-    params = lt.session_params()
-    params.settings = pack
-    session = lt.session(params)
-    try:
-        add = lt.add_torrent_params()
-        add.ti = torrent_info(manifest)
-        add.save_path = str(directory)
-        add.have_pieces = [True] * len(manifest.piece_ids)
-        add.flags &= ~lt.torrent_flags.auto_managed
-        add.flags &= ~lt.torrent_flags.paused
-        handle = session.add_torrent(add)
+    async with bare_torrent(manifest, settings, directory, have_all=True) as (session, handle):
         yield ip, int(session.listen_port()), handle
-    finally:
-        session.pause()
-        with trio.CancelScope(shield=True):
-            await trio.sleep(0.3)
-        del session
 
 
 def lying_config(tmp: Path, url: str, name: str) -> Any:
@@ -158,6 +143,20 @@ def damaged_blocks(agent: Agent, chunk_id: str, data: bytes) -> list[int]:
     ]
 
 
+async def fetch_beside(victim: Agent, image: Image, *peers: tuple[str, int]) -> Job:
+    """Start ``victim`` fetching ``image``, connect its torrent to ``peers``, and return the job once it is done."""
+    job = await victim.fetch(str(image.path))
+    assert image.manifest.infohash is not None
+    assert victim.swarm is not None
+    torrent = victim.swarm.torrents[image.manifest.infohash]
+    for ip, port in peers:
+        torrent.connect(ip, port)
+    with trio.fail_after(DEADLINE):
+        await job.done.wait()
+    assert job.state == "done", job.error
+    return job
+
+
 def banned(agent: Agent, ip: str) -> bool:
     return agent.stats.peers_banned > 0 or any(who == ip for _, who in (agent.swarm.banned if agent.swarm else []))
 
@@ -172,13 +171,7 @@ async def test_a_lying_peer_never_poisons_the_cache_and_is_banned(tmp_path: Path
         open_liar(manifest, good, tmp_path / "liar", POISONS[poison]) as (liar_ip, liar_port, _),
         agents([lying_config(tmp_path, url, "victim")]) as (victim,),
     ):
-        job = await victim.fetch(str(image.path))
-        assert manifest.infohash is not None
-        assert victim.swarm is not None
-        victim.swarm.torrents[manifest.infohash].connect(liar_ip, liar_port)
-        with trio.fail_after(DEADLINE):
-            await job.done.wait()
-        assert job.state == "done", job.error
+        await fetch_beside(victim, image, (liar_ip, liar_port))
         checked = await assert_nothing_wrong_served(victim, manifest)
         assert checked >= 2 * len(manifest.piece_ids)
         if poison != "truncated":  # a liar whose files are short cannot read them: it sends nothing at all
@@ -201,16 +194,8 @@ async def test_with_an_honest_peer_too_the_liar_loses_and_the_honest_peer_serves
             await first.done.wait()
         assert first.state == "done"
         hub.stats.reset()
-        job = await victim.fetch(str(image.path))
-        assert manifest.infohash is not None
-        assert victim.swarm is not None
         assert honest.swarm is not None
-        torrent = victim.swarm.torrents[manifest.infohash]
-        torrent.connect(liar_ip, liar_port)
-        torrent.connect(honest.swarm.settings.host, honest.swarm.listen_port)
-        with trio.fail_after(DEADLINE):
-            await job.done.wait()
-        assert job.state == "done", job.error
+        await fetch_beside(victim, image, (liar_ip, liar_port), (honest.swarm.settings.host, honest.swarm.listen_port))
         await assert_nothing_wrong_served(victim, manifest)
         assert victim.stats.chunks_from_peers > 0
         assert victim.stats.corrupt_from_peers > 0
@@ -234,13 +219,7 @@ async def test_many_chunks_from_a_random_liar(tmp_path: Path) -> None:
         open_liar(manifest, good, tmp_path / "liar", mixed) as (liar_ip, liar_port, _),
         agents([lying_config(tmp_path, url, "victim")]) as (victim,),
     ):
-        job = await victim.fetch(str(image.path))
-        assert manifest.infohash is not None
-        assert victim.swarm is not None
-        victim.swarm.torrents[manifest.infohash].connect(liar_ip, liar_port)
-        with trio.fail_after(DEADLINE):
-            await job.done.wait()
-        assert job.state == "done", job.error
+        await fetch_beside(victim, image, (liar_ip, liar_port))
         assert len(manifest.piece_ids) >= 60
         await assert_nothing_wrong_served(victim, manifest)
         assert victim.stats.corrupt_from_peers > 0
@@ -260,13 +239,7 @@ async def test_a_slow_liar_racing_the_hub_for_the_same_pieces(tmp_path: Path, po
         open_liar(manifest, good, tmp_path / "liar", POISONS[poison], upload_bps=48 * 1024) as (liar_ip, port, _),
         agents([config.replace(agent={"hub": url}, fetch={"peer_floor_window_s": 0.5, "hub_slots": 2})]) as (victim,),
     ):
-        job = await victim.fetch(str(image.path))
-        assert manifest.infohash is not None
-        assert victim.swarm is not None
-        victim.swarm.torrents[manifest.infohash].connect(liar_ip, port)
-        with trio.fail_after(DEADLINE):
-            await job.done.wait()
-        assert job.state == "done", job.error
+        job = await fetch_beside(victim, image, (liar_ip, port))
         await assert_nothing_wrong_served(victim, manifest)
         assert job.report is not None
         assert job.report.hub_reasons["PEERS_TOO_SLOW"] > 0, job.report.hub_reasons
