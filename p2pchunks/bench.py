@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +18,8 @@ from pathlib import Path
 import trio
 
 from .cache import ChunkCache
-from .ids import chunk_id_of
+from .ids import chunk_id_of, chunk_relpath
+from .loadbench import open_agent_process, write_config
 from .publish import publish
 
 CHUNK = 1 << 20
@@ -65,13 +65,6 @@ async def _read_all(host: str, port: int, ids: list[str], clients: int) -> int:
     return total
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 async def bench_cache(chunks: int, clients: int) -> int:
     with tempfile.TemporaryDirectory(prefix="p2pchunks-bench-") as tmp:
         work = Path(tmp)
@@ -83,38 +76,25 @@ async def bench_cache(chunks: int, clients: int) -> int:
                 chunk_id = chunk_id_of(data)
                 cache.put(chunk_id, data)
                 ids.append(chunk_id)
-        config = work / "agent.toml"
-        config.write_text(
-            f'[agent]\ncache_dir = "{cache_dir}"\nhub = "http://127.0.0.1:9/"\n'
-            '[api]\nlisten = "127.0.0.2:7799"\n[swarm]\nlisten = "127.0.0.2:0"\nutp = false\nlsd = false\n'
-            "dht = false\n[warm]\nofficial = false\n[cache]\nbudget_bytes = 17179869184\n"
+        config = write_config(
+            work / "agent.toml",
+            {
+                "agent": {"cache_dir": str(cache_dir), "hub": "http://127.0.0.1:9/"},
+                "api": {"listen": "127.0.0.2:0"},
+                "swarm": {"listen": "127.0.0.2:0", "utp": False, "lsd": False, "dht": False},
+                "warm": {"official": False},
+                "cache": {"budget_bytes": 16 * 2**30},
+            },
         )
-        agent = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "p2pchunks", "agent", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            with trio.fail_after(30):
-                while True:
-                    try:
-                        stream = await trio.open_tcp_stream("127.0.0.2", 7799)
-                        await stream.aclose()
-                        break
-                    except OSError:
-                        await trio.sleep(0.1)
+        async with open_agent_process(config) as agent:
             await trio.sleep(2.0)
-            idle_rss = _rss_kib(agent.pid)
-            await _read_all("127.0.0.2", 7799, ids, clients)  # warm the page cache and the agent
+            idle_rss = agent.rss_bytes()
+            await _read_all(agent.host, agent.api_port, ids, clients)  # warm the page cache and the agent
             t0 = time.perf_counter()
-            got = await _read_all("127.0.0.2", 7799, ids, clients)
+            got = await _read_all(agent.host, agent.api_port, ids, clients)
             api_s = time.perf_counter() - t0
-            busy_rss = _rss_kib(agent.pid)
-        finally:
-            agent.terminate()
-            with trio.move_on_after(20):
-                await agent.wait()
-        paths = [str(cache_dir / "chunks" / i[:2] / i[2:4] / i) for i in ids]
+            busy_rss = agent.rss_bytes()
+        paths = [str(cache_dir / "chunks" / chunk_relpath(i)) for i in ids]
         await trio.run_process(["cat", *paths], stdout=subprocess.DEVNULL)
         t0 = time.perf_counter()
         await trio.run_process(["cat", *paths], stdout=subprocess.DEVNULL)
@@ -137,8 +117,8 @@ async def bench_cache(chunks: int, clients: int) -> int:
         "cat_MBps": round(mb / cat_s, 1),
         "api_to_cat_ratio": round((mb / api_s) / (mb / cat_s), 3),
         "publish_MBps": round(result.bytes_read / 1e6 / publish_s, 1),
-        "agent_idle_rss_MiB": round(idle_rss / 1024, 1),
-        "agent_rss_after_reads_MiB": round(busy_rss / 1024, 1),
+        "agent_idle_rss_MiB": round(idle_rss / 2**20, 1),
+        "agent_rss_after_reads_MiB": round(busy_rss / 2**20, 1),
     }
     print(json.dumps(figures, indent=2))
     return 0

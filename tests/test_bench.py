@@ -1,0 +1,18 @@
+"""``p2pchunks bench cache`` end to end at toy size: a real agent process serving a warm cache, next to ``cat``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from p2pchunks.bench import bench_cache
+
+
+async def test_bench_cache_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
+    assert await bench_cache(4, 2) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["chunks"] == 4
+    assert figures["clients"] == 2
+    for key in ("api_MBps", "cat_MBps", "api_to_cat_ratio", "publish_MBps", "agent_idle_rss_MiB"):
+        assert figures[key] > 0, key
