@@ -18,14 +18,7 @@ import trio
 
 from .cache import ChunkCache
 from .config import Config, split_hostport
-from .errors import (
-    BadConfig,
-    ChunkCorrupt,
-    ChunkNotFound,
-    ChunkUnavailable,
-    HubError,
-    ManifestNotFound,
-)
+from .errors import BadConfig, ChunkCorrupt, ChunkNotFound, ChunkUnavailable, HubError, ManifestNotFound
 from .eviction import Pin
 from .fetch import FetchParams
 from .fetchjob import Arrival, Arrivals, FetchJob, Job, Source
