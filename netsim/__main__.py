@@ -114,7 +114,7 @@ def _finish(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
 
 def _model(args: argparse.Namespace) -> int:
-    from p2pchunks.fetch import FetchParams
+    from p2pchunks.policy.fetch import FetchParams
 
     from .model import ModelParams, predict
 

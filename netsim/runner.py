@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 import trio
 
-from p2pchunks.cache import ChunkCache
-from p2pchunks.publish import publish
+from p2pchunks.cache.store import ChunkCache
+from p2pchunks.hub.publish import publish
 
 from .backends import Backend, LoopbackBackend, free_port
 from .topology import NodeSpec, Topology, lower_bound_s

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from p2pchunks.signing import generate_keypair, load_signing_key, sign_file
+from p2pchunks.formats.signing import generate_keypair, load_signing_key, sign_file
 
 from .backends import LoopbackBackend
 from .runner import Run, RunOptions

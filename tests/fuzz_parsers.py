@@ -14,11 +14,11 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from p2pchunks.bencoding import bdecode
     from p2pchunks.errors import P2PChunksError
+    from p2pchunks.formats.bencoding import bdecode
+    from p2pchunks.formats.manifest import Manifest
+    from p2pchunks.formats.seedlist import parse_bootstrap, parse_official
     from p2pchunks.ids import validate_chunk_id
-    from p2pchunks.manifest import Manifest
-    from p2pchunks.seedlist import parse_bootstrap, parse_official
 
 TARGETS = (
     bdecode,

@@ -9,11 +9,11 @@ import httpx
 import pytest
 import trio
 
-from p2pchunks.agent import Agent
-from p2pchunks.api import check_exposure
-from p2pchunks.cli import main
+from p2pchunks.agent.api import check_exposure
+from p2pchunks.agent.node import Agent
+from p2pchunks.cli.main import main
 from p2pchunks.errors import BadConfig
-from p2pchunks.hubserver import open_hub_server
+from p2pchunks.hub.server import open_hub_server
 from p2pchunks.ids import blake2b_verifier
 
 from .swarmkit import agent_config, agents, make_image

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from p2pchunks.bench import bench_cache
+from p2pchunks.bench.cache import bench_cache
 
 
 async def test_bench_cache_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:

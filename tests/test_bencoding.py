@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pchunks.bencoding import bdecode, bencode
 from p2pchunks.errors import BadManifest
+from p2pchunks.formats.bencoding import bdecode, bencode
 
 # (document, decoded value): every document is canonical, so it must also re-encode to itself.
 VALID: list[tuple[bytes, object]] = [

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from p2pchunks.cache import ChunkCache, ReconcileReport
+from p2pchunks.cache.store import ChunkCache, ReconcileReport
 from p2pchunks.errors import BadChunkId, CacheFull, ChunkCorrupt, ChunkNotFound, ManifestNotFound
-from p2pchunks.eviction import Pin
 from p2pchunks.ids import chunk_id_of
+from p2pchunks.policy.eviction import Pin
 
 MANIFEST = "m" * 64
 

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pchunks.codec import Blob, decode, decode_v1, decode_v2, encode_v1, encode_v2, xxtea_decrypt, xxtea_encrypt
 from p2pchunks.errors import ChunkCorrupt
+from p2pchunks.zos.codec import Blob, decode, decode_v1, decode_v2, encode_v1, encode_v2, xxtea_decrypt, xxtea_encrypt
 
 from . import xxtea_reference
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pchunks.config import Config, load_config, split_hostport
+from p2pchunks.config.schema import Config, load_config, split_hostport
 from p2pchunks.errors import BadConfig
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -77,7 +77,7 @@ def test_split_hostport() -> None:
 
 
 def test_configuration_reference_is_current() -> None:
-    from p2pchunks.configdoc import reference
+    from p2pchunks.config.doc import reference
 
     current = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
     assert current == reference(), "regenerate: python -m p2pchunks.configdoc > docs/configuration.md"

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pchunks.errors import BadConfig
-from p2pchunks.eviction import (
+from p2pchunks.policy.eviction import (
     Candidate,
     Pin,
     Watermarks,

@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import trio
 
-from p2pchunks.cache import TEMP_PREFIX, ChunkCache
-from p2pchunks.fetch import FetchParams
-from p2pchunks.hubserver import open_hub_server
+from p2pchunks.bench.load import open_agent_process, write_config
+from p2pchunks.cache.store import TEMP_PREFIX, ChunkCache
+from p2pchunks.hub.server import open_hub_server
 from p2pchunks.ids import blake2b_verifier
-from p2pchunks.loadbench import open_agent_process, write_config
+from p2pchunks.policy.fetch import FetchParams
 
 from .swarmkit import CHUNK, address, make_image
 
@@ -98,7 +98,7 @@ async def test_kill_9_at_random_points_never_damages_the_cache_and_resumes(tmp_p
 
 async def test_load_benchmark_smoke() -> None:
     """``bench_load`` end to end at toy size: a real agent process, keep-alive clients, a fetch job alongside."""
-    from p2pchunks.loadbench import bench_load
+    from p2pchunks.bench.load import bench_load
 
     with trio.fail_after(60):
         result = await bench_load(clients=5, seconds=1.0, hot_chunks=16, fetch_mib=2)

@@ -16,10 +16,10 @@ import httpx
 import pytest
 import trio
 
-from p2pchunks.agent import Agent
-from p2pchunks.cache import TEMP_PREFIX
+from p2pchunks.agent.node import Agent
+from p2pchunks.cache.store import TEMP_PREFIX
 from p2pchunks.errors import CacheFull, ChunkNotFound
-from p2pchunks.hubserver import open_hub_server
+from p2pchunks.hub.server import open_hub_server
 from p2pchunks.ids import blake2b_verifier, chunk_id_of
 
 from .swarmkit import agent_config, agents, make_image
@@ -160,7 +160,7 @@ def test_cache_put_on_a_full_disk_raises_cache_full_and_leaves_nothing(small_fs:
     directory, mounted = small_fs
     if not mounted:
         pytest.skip("needs a real small filesystem (root, tmpfs)")
-    from p2pchunks.cache import ChunkCache
+    from p2pchunks.cache.store import ChunkCache
 
     with ChunkCache(directory / "cache", budget_bytes=FS_BYTES) as cache:
         (directory / "ballast").write_bytes(b"\0" * (FS_BYTES - 512 * 1024))

@@ -15,14 +15,14 @@ import libtorrent as lt
 import pytest
 import trio
 
-from p2pchunks.agent import open_agent
-from p2pchunks.api import check_exposure
-from p2pchunks.config import Config
+from p2pchunks.agent.api import check_exposure
+from p2pchunks.agent.node import open_agent
+from p2pchunks.agent.swarmconfig import swarm_settings, with_bootstrap
+from p2pchunks.config.schema import Config
 from p2pchunks.errors import BadConfig
-from p2pchunks.hubserver import open_hub_server
-from p2pchunks.publish import publish
-from p2pchunks.swarm import SwarmSettings, session_settings
-from p2pchunks.swarmconfig import swarm_settings, with_bootstrap
+from p2pchunks.hub.publish import publish
+from p2pchunks.hub.server import open_hub_server
+from p2pchunks.swarm.session import SwarmSettings, session_settings
 
 from .swarmkit import CHUNK, address, agent_config, agents, bare_torrent, make_image
 

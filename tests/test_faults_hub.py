@@ -21,8 +21,8 @@ import pytest
 import trio
 
 from p2pchunks.errors import ChunkCorrupt, ChunkNotFound, HubTimeout, HubUnavailable
-from p2pchunks.httpserver import Request, Response, serve_http
-from p2pchunks.hub import HubClient
+from p2pchunks.http.server import Request, Response, serve_http
+from p2pchunks.hub.client import HubClient
 from p2pchunks.ids import chunk_id_of
 
 from .swarmkit import agent_config, agents

@@ -22,15 +22,15 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2pchunks.agent import Agent, open_agent
-from p2pchunks.bencoding import bencode
+from p2pchunks.agent.node import Agent, open_agent
 from p2pchunks.errors import BadManifest, StaleVersion
-from p2pchunks.httpserver import ServerLimits, serve_http
-from p2pchunks.hubserver import open_hub_server
-from p2pchunks.manifest import Manifest
-from p2pchunks.seedlist import ListInForce
-from p2pchunks.signing import TrustedKeys, generate_keypair, load_signing_key, sign_file
-from p2pchunks.tracker import Tracker
+from p2pchunks.formats.bencoding import bencode
+from p2pchunks.formats.manifest import Manifest
+from p2pchunks.formats.seedlist import ListInForce
+from p2pchunks.formats.signing import TrustedKeys, generate_keypair, load_signing_key, sign_file
+from p2pchunks.http.server import ServerLimits, serve_http
+from p2pchunks.hub.server import open_hub_server
+from p2pchunks.swarm.tracker import Tracker
 
 from .swarmkit import address, agent_config, make_image
 

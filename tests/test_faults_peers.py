@@ -20,12 +20,12 @@ import libtorrent as lt
 import pytest
 import trio
 
-from p2pchunks.agent import Agent
-from p2pchunks.fetchjob import Job
-from p2pchunks.hubserver import open_hub_server
+from p2pchunks.agent.fetchjob import Job
+from p2pchunks.agent.node import Agent
+from p2pchunks.formats.manifest import Manifest
+from p2pchunks.hub.server import open_hub_server
 from p2pchunks.ids import blake2b_verifier, chunk_relpath
-from p2pchunks.manifest import Manifest
-from p2pchunks.swarm import SwarmSettings, session_settings
+from p2pchunks.swarm.session import SwarmSettings, session_settings
 
 from .swarmkit import Image, address, agent_config, agents, bare_torrent, make_image
 
@@ -247,7 +247,7 @@ async def test_a_slow_liar_racing_the_hub_for_the_same_pieces(tmp_path: Path, po
 
 def test_cache_verify_drops_a_chunk_whose_file_was_scribbled_on(tmp_path: Path) -> None:
     """What the agent needs on a hash failure: libtorrent may have written a liar's block over a cached chunk."""
-    from p2pchunks.cache import ChunkCache
+    from p2pchunks.cache.store import ChunkCache
     from p2pchunks.errors import ChunkNotFound
     from p2pchunks.ids import chunk_id_of
 
@@ -278,7 +278,7 @@ def test_a_pair_that_lost_both_links_to_a_simultaneous_open_retries_within_the_d
     (6881 on every node) libtorrent keeps one of the two connections by a coin flip on each side, so half the time
     both die, and libtorrent's default wait before dialling that peer again is a minute: the pair would split the
     hub's work as if alone. (Loopback cannot stage the collision reliably; the netns farm-deploy test shows it.)"""
-    from p2pchunks.fetch import FetchParams
+    from p2pchunks.policy.fetch import FetchParams
 
     for profile in ("node", "seed"):
         pack = session_settings(SwarmSettings(profile=profile))  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from p2pchunks.fetch import (
+from p2pchunks.policy.fetch import (
     FetchParams,
     HubPick,
     Reason,

@@ -20,9 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2pchunks.codec import Blob, decode
 from p2pchunks.errors import BadFlist
-from p2pchunks.flist import (
+from p2pchunks.ids import chunk_relpath
+from p2pchunks.zos.codec import Blob, decode
+from p2pchunks.zos.flist import (
     V1_ROOT_KEY,
     FlistFile,
     FlistImage,
@@ -32,8 +33,7 @@ from p2pchunks.flist import (
     read_v1,
     v1_schema,
 )
-from p2pchunks.flistwrite import v1_dir_key, write_fl, write_flist_v1
-from p2pchunks.ids import chunk_relpath
+from p2pchunks.zos.flistwrite import v1_dir_key, write_fl, write_flist_v1
 
 CHUNK = 1000
 BACKEND = {"host": "127.0.0.1", "port": 9900, "namespace": "hub"}

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from p2pchunks.errors import BadConfig, BadFlist
-from p2pchunks.flist import FlistImage, read_flist
-from p2pchunks.flistrewrite import parse_zdb_target, rewrite_fl, rewrite_flist, rewrite_flist_v1
-from p2pchunks.flistwrite import write_fl, write_flist_v1
+from p2pchunks.zos.flist import FlistImage, read_flist
+from p2pchunks.zos.flistrewrite import parse_zdb_target, rewrite_fl, rewrite_flist, rewrite_flist_v1
+from p2pchunks.zos.flistwrite import write_fl, write_flist_v1
 
 CHUNK = 1000
 

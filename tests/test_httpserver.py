@@ -21,7 +21,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pchunks.httpserver import (
+from p2pchunks.http.server import (
     FileBody,
     Request,
     Response,

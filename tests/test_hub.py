@@ -23,9 +23,9 @@ from p2pchunks.errors import (
     HubUnavailable,
     ManifestNotFound,
 )
-from p2pchunks.httpserver import Request, Response, serve_http
-from p2pchunks.hub import MAX_BODY_BYTES, HttpTransport, HubClient, transport_for
-from p2pchunks.hubserver import open_hub_server
+from p2pchunks.http.server import Request, Response, serve_http
+from p2pchunks.hub.client import MAX_BODY_BYTES, HttpTransport, HubClient, transport_for
+from p2pchunks.hub.server import open_hub_server
 from p2pchunks.ids import chunk_id_of
 
 GOOD = b"the right bytes" * 100
@@ -190,7 +190,7 @@ async def test_transport_for_picks_by_scheme() -> None:
 
 
 async def test_transport_for_zdb() -> None:
-    from p2pchunks.zdb import ZdbTransport
+    from p2pchunks.zos.zdb import ZdbTransport
 
     transport = transport_for("zdb://127.0.0.1:9900/ns", timeout=1, max_connections=2)
     assert isinstance(transport, ZdbTransport)

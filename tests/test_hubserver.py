@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pchunks.errors import HubUnavailable
-from p2pchunks.hub import HubClient
-from p2pchunks.hubserver import (
+from p2pchunks.hub.client import HubClient
+from p2pchunks.hub.server import (
     HubServer,
     RangeDecision,
     decide_range,
@@ -379,7 +379,7 @@ async def test_down_up_and_reset(root: Root, hub: tuple[HubServer, str]) -> None
 
 
 async def test_handle_without_a_server(root: Root) -> None:
-    from p2pchunks.httpserver import FileBody, Request
+    from p2pchunks.http.server import FileBody, Request
 
     server = HubServer(root.path)
     chunk_id = big_id(root)

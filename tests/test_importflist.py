@@ -15,16 +15,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pchunks.errors import BadConfig, ChunkCorrupt, ChunkNotFound, HubError
-from p2pchunks.flist import read_flist
-from p2pchunks.flistwrite import write_fl, write_flist_v1
-from p2pchunks.httpserver import Request, Response, serve_http
-from p2pchunks.hub import HubClient
-from p2pchunks.hubserver import open_hub_server
-from p2pchunks.hubstats import HubStats
+from p2pchunks.formats.manifest import ChunkRef, FileEntry, Manifest
+from p2pchunks.http.server import Request, Response, serve_http
+from p2pchunks.hub.client import HubClient
+from p2pchunks.hub.server import open_hub_server
+from p2pchunks.hub.stats import HubStats
 from p2pchunks.ids import chunk_relpath
-from p2pchunks.importflist import import_flist, manifest_name_for, pick_hot
-from p2pchunks.manifest import ChunkRef, FileEntry, Manifest
-from p2pchunks.zdbserver import HubRootBackend, open_zdb_server
+from p2pchunks.zos.flist import read_flist
+from p2pchunks.zos.flistwrite import write_fl, write_flist_v1
+from p2pchunks.zos.importflist import import_flist, manifest_name_for, pick_hot
+from p2pchunks.zos.zdbserver import HubRootBackend, open_zdb_server
 
 CHUNK = 4096
 LIMIT = 30

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from p2pchunks import ids
-from p2pchunks.bencoding import bdecode, bencode
 from p2pchunks.errors import BadManifest, BadSignature, ChunkNotFound
-from p2pchunks.manifest import (
+from p2pchunks.formats.bencoding import bdecode, bencode
+from p2pchunks.formats.manifest import (
     ChunkRef,
     FileEntry,
     Manifest,
@@ -25,7 +25,7 @@ from p2pchunks.manifest import (
     build_torrent_info,
     piece_length_for,
 )
-from p2pchunks.signing import TrustedKeys
+from p2pchunks.formats.signing import TrustedKeys
 
 
 def store(root: Path, data: bytes, digest_size: int = 32) -> ChunkRef:

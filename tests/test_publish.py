@@ -12,9 +12,9 @@ import pytest
 
 from p2pchunks import ids
 from p2pchunks.errors import BadConfig, BadManifest, BadSignature
-from p2pchunks.manifest import Manifest
-from p2pchunks.publish import parse_size, publish, read_hot_list
-from p2pchunks.signing import TrustedKeys
+from p2pchunks.formats.manifest import Manifest
+from p2pchunks.formats.signing import TrustedKeys
+from p2pchunks.hub.publish import parse_size, publish, read_hot_list
 
 CHUNK = 16 * 1024
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pchunks.resp import (
+from p2pchunks.zos.resp import (
     MAX_ARGS,
     MAX_BULK,
     MAX_LINE,

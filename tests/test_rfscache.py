@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 import trio
 
-from p2pchunks.codec import decode
 from p2pchunks.errors import BadConfig, BadManifest, ChunkCorrupt, ChunkNotFound, ChunkUnavailable
-from p2pchunks.flist import FlistImage, read_flist
-from p2pchunks.flistwrite import write_fl, write_flist_v1
-from p2pchunks.hub import HubClient
+from p2pchunks.formats.manifest import Manifest
+from p2pchunks.hub.client import HubClient
+from p2pchunks.hub.publish import publish
 from p2pchunks.ids import chunk_relpath
-from p2pchunks.importflist import import_flist
-from p2pchunks.manifest import Manifest
-from p2pchunks.publish import publish
-from p2pchunks.rfscache import FillReport, RfsCacheFiller, fill_image
-from p2pchunks.zdbserver import HubRootBackend, open_zdb_server
+from p2pchunks.zos.codec import decode
+from p2pchunks.zos.flist import FlistImage, read_flist
+from p2pchunks.zos.flistwrite import write_fl, write_flist_v1
+from p2pchunks.zos.importflist import import_flist
+from p2pchunks.zos.rfscache import FillReport, RfsCacheFiller, fill_image
+from p2pchunks.zos.zdbserver import HubRootBackend, open_zdb_server
 
 CHUNK = 4096
 LIMIT = 30

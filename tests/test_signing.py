@@ -9,9 +9,9 @@ import nacl.signing
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from p2pchunks.bencoding import bdecode, bencode
 from p2pchunks.errors import BadConfig, BadSignature
-from p2pchunks.signing import (
+from p2pchunks.formats.bencoding import bdecode, bencode
+from p2pchunks.formats.signing import (
     Signature,
     TrustedKeys,
     generate_keypair,

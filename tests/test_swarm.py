@@ -7,10 +7,10 @@ from pathlib import Path
 import httpx
 import trio
 
-from p2pchunks.agent import Agent
-from p2pchunks.fetch import FetchParams
-from p2pchunks.hubserver import open_hub_server
+from p2pchunks.agent.node import Agent
+from p2pchunks.hub.server import open_hub_server
 from p2pchunks.ids import blake2b_verifier
+from p2pchunks.policy.fetch import FetchParams
 
 from .swarmkit import address, agent_config, agents, connect_all, make_image
 

@@ -10,9 +10,9 @@ import httpx
 import pytest
 import trio
 
-from p2pchunks.bencoding import bdecode
-from p2pchunks.httpserver import serve_http
-from p2pchunks.tracker import Announce, AnnounceError, Tracker, parse_announce
+from p2pchunks.formats.bencoding import bdecode
+from p2pchunks.http.server import serve_http
+from p2pchunks.swarm.tracker import Announce, AnnounceError, Tracker, parse_announce
 
 IH = bytes(range(20))
 

@@ -9,9 +9,7 @@ import pytest
 import trio
 
 from p2pchunks.errors import BadManifest, BadSignature, StaleVersion
-from p2pchunks.eviction import Pin
-from p2pchunks.hubserver import open_hub_server
-from p2pchunks.seedlist import (
+from p2pchunks.formats.seedlist import (
     ListInForce,
     OfficialImage,
     parse_bootstrap,
@@ -19,8 +17,10 @@ from p2pchunks.seedlist import (
     shipped_keys,
     shipped_list,
 )
-from p2pchunks.signing import TrustedKeys, generate_keypair, load_signing_key, sign_file
-from p2pchunks.warmup import plan_warm, start_delay
+from p2pchunks.formats.signing import TrustedKeys, generate_keypair, load_signing_key, sign_file
+from p2pchunks.hub.server import open_hub_server
+from p2pchunks.policy.eviction import Pin
+from p2pchunks.policy.warmup import plan_warm, start_delay
 
 from .swarmkit import agent_config, agents, make_image
 

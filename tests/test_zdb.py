@@ -17,11 +17,11 @@ import trio
 import trio.testing
 
 from p2pchunks.errors import BadChunkId, BadConfig, ChunkNotFound, HubTimeout, HubUnavailable, ManifestNotFound
-from p2pchunks.hubstats import HubStats
+from p2pchunks.hub.stats import HubStats
 from p2pchunks.ids import chunk_id_of, chunk_relpath
-from p2pchunks.resp import Command, RequestParser, bulk, encode_command
-from p2pchunks.zdb import PIPELINE_WINDOW, ZdbAddress, ZdbTransport, parse_zdb_url
-from p2pchunks.zdbserver import HubRootBackend, ZdbServer, open_zdb_server
+from p2pchunks.zos.resp import Command, RequestParser, bulk, encode_command
+from p2pchunks.zos.zdb import PIPELINE_WINDOW, ZdbAddress, ZdbTransport, parse_zdb_url
+from p2pchunks.zos.zdbserver import HubRootBackend, ZdbServer, open_zdb_server
 
 LIMIT = 10  # seconds: every network test is bounded by this
 

@@ -11,14 +11,14 @@ import pytest
 import redis
 import trio
 
-from p2pchunks.codec import decode
 from p2pchunks.errors import ChunkNotFound, ChunkUnavailable, HubUnavailable
-from p2pchunks.flist import read_flist
-from p2pchunks.flistrewrite import rewrite_flist
-from p2pchunks.flistwrite import write_fl, write_flist_v1
-from p2pchunks.hub import HubClient
+from p2pchunks.hub.client import HubClient
 from p2pchunks.ids import chunk_id_of
-from p2pchunks.zdbproxy import AgentBackend, serve_zdb_proxy
+from p2pchunks.zos.codec import decode
+from p2pchunks.zos.flist import read_flist
+from p2pchunks.zos.flistrewrite import rewrite_flist
+from p2pchunks.zos.flistwrite import write_fl, write_flist_v1
+from p2pchunks.zos.zdbproxy import AgentBackend, serve_zdb_proxy
 
 LIMIT = 10
 

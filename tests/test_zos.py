@@ -11,10 +11,10 @@ import pytest
 import redis
 import trio
 
-from p2pchunks.flistwrite import write_fl, write_flist_v1
-from p2pchunks.hubserver import open_hub_server
-from p2pchunks.importflist import import_flist
-from p2pchunks.zdbserver import HubRootBackend, open_zdb_server
+from p2pchunks.hub.server import open_hub_server
+from p2pchunks.zos.flistwrite import write_fl, write_flist_v1
+from p2pchunks.zos.importflist import import_flist
+from p2pchunks.zos.zdbserver import HubRootBackend, open_zdb_server
 
 from .swarmkit import address, agent_config, agents, connect_all
 

@@ -1,0 +1,164 @@
+"""The chunk cache's SQLite index: which chunks are cached, their size and last access, pins, manifest refs.
+
+Owns: the schema of ``index.sqlite3`` (WAL, ``synchronous=NORMAL``) and every SQL statement about it, including
+the effective pin of a chunk (the highest of its direct pin and the pins of the manifests that reference it).
+Must not know files, hashing or eviction policy: :class:`p2pchunks.cache.ChunkCache` does, and holds its lock
+around every call here (this class is not thread-safe on its own). Each method that changes rows is one
+transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ManifestNotFound
+from ..policy.eviction import Candidate, Pin
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (id TEXT PRIMARY KEY, size INTEGER NOT NULL, last_access REAL NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pins (chunk_id TEXT PRIMARY KEY, pin INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS manifests (id TEXT PRIMARY KEY, name TEXT NOT NULL, pin INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS refs (manifest_id TEXT NOT NULL, chunk_id TEXT NOT NULL,
+    PRIMARY KEY (manifest_id, chunk_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS refs_by_chunk ON refs (chunk_id);
+PRAGMA user_version = 1;
+"""
+# A chunk's pin: the highest of its direct pin and the pins of the manifests that reference it.
+PIN_SQL = """MAX(COALESCE((SELECT pin FROM pins WHERE chunk_id = c.id), 0),
+    COALESCE((SELECT MAX(m.pin) FROM refs r JOIN manifests m ON m.id = r.manifest_id WHERE r.chunk_id = c.id), 0))"""
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    chunk_id: str
+    size: int
+    last_access: float
+    pin: Pin
+    manifests: tuple[str, ...]
+
+
+class CacheIndex:
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, check_same_thread=False)
+        try:
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.executescript(SCHEMA)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ---- chunks ----------------------------------------------------------------------------------------------
+
+    def size(self, chunk_id: str) -> int | None:
+        row = self._db.execute("SELECT size FROM chunks WHERE id = ?", (chunk_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def sizes(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT id, size FROM chunks").fetchall())
+
+    def totals(self) -> tuple[int, int]:
+        """(chunks, bytes) indexed."""
+        count, used = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM chunks").fetchone()
+        return int(count), int(used)
+
+    def add(self, chunk_id: str, size: int, at: float, manifest_id: str | None) -> bool:
+        """Index a chunk (and its manifest ref); False if it was indexed already (the ref is still recorded)."""
+        with self._db:
+            fresh = self._db.execute("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?)", (chunk_id, size, at)).rowcount
+            self._ref(manifest_id, chunk_id)
+        return bool(fresh)
+
+    def ref(self, manifest_id: str | None, chunk_id: str) -> None:
+        """Record that a known manifest references ``chunk_id`` (unknown manifests are ignored)."""
+        with self._db:
+            self._ref(manifest_id, chunk_id)
+
+    def _ref(self, manifest_id: str | None, chunk_id: str) -> None:
+        if manifest_id is not None:
+            self._db.execute(
+                "INSERT OR IGNORE INTO refs SELECT id, ? FROM manifests WHERE id = ?", (chunk_id, manifest_id)
+            )
+
+    def set_size(self, chunk_id: str, size: int) -> None:
+        with self._db:
+            self._db.execute("UPDATE chunks SET size = ? WHERE id = ?", (size, chunk_id))
+
+    def delete(self, chunk_ids: Sequence[str]) -> list[tuple[str, int]]:
+        """Drop rows; return ``(id, size)`` of those that existed."""
+        deleted: list[tuple[str, int]] = []
+        with self._db:
+            for chunk_id in chunk_ids:
+                size = self.size(chunk_id)
+                if size is not None:
+                    self._db.execute("DELETE FROM chunks WHERE id = ?", (chunk_id,))
+                    deleted.append((chunk_id, size))
+        return deleted
+
+    def touch(self, accesses: Mapping[str, float]) -> None:
+        """Write batched last-access stamps."""
+        if accesses:
+            with self._db:
+                self._db.executemany(
+                    "UPDATE chunks SET last_access = ? WHERE id = ?", [(at, i) for i, at in accesses.items()]
+                )
+
+    def candidates(self) -> list[Candidate]:
+        rows = self._db.execute(f"SELECT c.id, c.size, c.last_access, {PIN_SQL} FROM chunks c").fetchall()
+        return [Candidate(chunk_id, size, at, Pin(pin)) for chunk_id, size, at, pin in rows]
+
+    def entries(self, limit: int | None) -> list[CacheEntry]:
+        """Cached chunks in eviction order (the next victim first)."""
+        rows = self._db.execute(
+            f"SELECT c.id, c.size, c.last_access, {PIN_SQL} AS pin, (SELECT group_concat(manifest_id, ' ') "
+            "FROM (SELECT manifest_id FROM refs WHERE chunk_id = c.id ORDER BY manifest_id)) "
+            "FROM chunks c ORDER BY pin, c.last_access, c.id LIMIT ?",
+            (-1 if limit is None else limit,),
+        ).fetchall()
+        return [
+            CacheEntry(i, size, at, Pin(pin), tuple(refs.split()) if refs else ()) for i, size, at, pin, refs in rows
+        ]
+
+    # ---- manifests and pins ----------------------------------------------------------------------------------
+
+    def record_manifest(self, manifest_id: str, name: str, chunk_ids: Iterable[str], pin: Pin) -> None:
+        """Reference ``chunk_ids`` (present or not) from a manifest. Never lowers an existing pin of it."""
+        with self._db:
+            self._db.execute(
+                "INSERT INTO manifests VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+                "pin = MAX(pin, excluded.pin)",
+                (manifest_id, name, int(pin)),
+            )
+            self._db.executemany("INSERT OR IGNORE INTO refs VALUES (?, ?)", ((manifest_id, c) for c in chunk_ids))
+
+    def set_manifest_pin(self, manifest_id: str, pin: Pin) -> None:
+        with self._db:
+            if self._db.execute("UPDATE manifests SET pin = ? WHERE id = ?", (int(pin), manifest_id)).rowcount == 0:
+                raise ManifestNotFound(f"no manifest {manifest_id!r} in the cache index")
+
+    def forget_manifest(self, manifest_id: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM refs WHERE manifest_id = ?", (manifest_id,))
+            self._db.execute("DELETE FROM manifests WHERE id = ?", (manifest_id,))
+
+    def manifests(self) -> list[tuple[str, str, Pin]]:
+        rows = self._db.execute("SELECT id, name, pin FROM manifests ORDER BY name, id").fetchall()
+        return [(manifest_id, name, Pin(pin)) for manifest_id, name, pin in rows]
+
+    def pin_chunk(self, chunk_id: str, pin: Pin) -> None:
+        with self._db:
+            if pin is Pin.NONE:
+                self._db.execute("DELETE FROM pins WHERE chunk_id = ?", (chunk_id,))
+            else:
+                self._db.execute("INSERT OR REPLACE INTO pins VALUES (?, ?)", (chunk_id, int(pin)))
+
+    def pin_of(self, chunk_id: str) -> Pin:
+        (pin,) = self._db.execute(f"SELECT {PIN_SQL} FROM (SELECT ? AS id) c", (chunk_id,)).fetchone()
+        return Pin(pin)

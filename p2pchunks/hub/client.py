@@ -1,0 +1,245 @@
+"""The hub client: one interface over hub transports, with bounded parallelism, retries and verification.
+
+Owns: the :class:`Transport` interface and its HTTP implementation, the choice of transport by URL scheme
+(``http(s)://`` here, ``zdb://`` in ``p2pchunks.zdb``), and :class:`HubClient`'s policy: at most ``concurrency``
+requests at once, every chunk verified against its id before anyone sees it, jittered exponential backoff on
+timeouts, 5xx/resets and corrupt bytes, an optional byte-rate budget. Must not know: the cache, peers, manifests'
+contents. Errors stay distinct: :class:`ChunkNotFound` (the hub says it has no such chunk: never retried),
+:class:`HubTimeout` and :class:`HubUnavailable` (retried), :class:`ChunkCorrupt` (retried; raised when the hub
+kept sending wrong bytes), :class:`HubError` (any other refusal, e.g. 403: not retried).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from types import TracebackType
+from typing import Protocol
+from urllib.parse import quote, urlsplit
+
+import httpx
+import trio
+
+from ..errors import BadConfig, ChunkCorrupt, ChunkNotFound, HubError, HubTimeout, HubUnavailable, ManifestNotFound
+from ..ids import Verifier, chunk_relpath, default_verifier, validate_chunk_id
+from .ratelimit import TokenBucket
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+"""Larger answers are refused: no chunk or manifest is this big, and a broken hub must not fill our memory."""
+MIN_BODY_BPS = 1024
+"""A body must arrive at least this fast on average (after ``timeout`` of grace): a hub that trickles bytes just
+inside the read timeout cannot hold a request slot for ever. Far below any real share of a busy hub."""
+MAX_BACKOFF = 10.0
+VERIFY_IN_THREAD_BYTES = 1024 * 1024
+_ABSOLUTE_URL = re.compile(r"\Ahttps?://", re.IGNORECASE)
+
+
+class Transport(Protocol):
+    async def fetch_chunk(self, chunk_id: str) -> bytes:
+        """The bytes stored under ``chunk_id``; raises ChunkNotFound (definitive), HubTimeout, HubUnavailable."""
+        ...
+
+    async def fetch_manifest(self, name: str) -> bytes:
+        """The manifest ``name``; raises ManifestNotFound, HubTimeout, HubUnavailable."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class _HttpFetcher:
+    """GET one URL into memory, with hub failures translated into our errors once, here."""
+
+    def __init__(self, *, timeout: float, max_connections: int) -> None:
+        self._timeout = timeout
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            trust_env=False,
+        )
+
+    async def get(self, url: str, missing: Callable[[str], Exception]) -> bytes:
+        try:
+            async with self._client.stream("GET", url) as response:
+                status = response.status_code
+                if status == 200:
+                    return await _read_capped(response, url, self._timeout)
+        except httpx.TimeoutException as error:
+            raise HubTimeout(f"{url}: {type(error).__name__}") from error
+        except httpx.RequestError as error:
+            raise HubUnavailable(f"{url}: {type(error).__name__}: {error}") from error
+        detail = f"hub answered {status} for {url}"
+        if status in (404, 410):
+            raise missing(detail)
+        if status == 504:
+            raise HubTimeout(detail)
+        if status in (408, 429) or status >= 500:
+            raise HubUnavailable(detail)
+        raise HubError(detail)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+async def _read_capped(response: httpx.Response, url: str, grace: float) -> bytes:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise HubError(f"{url}: answer of {declared} bytes is over {MAX_BODY_BYTES}")
+    expected = int(declared) if declared.isdigit() else MAX_BODY_BYTES
+    parts: list[bytes] = []
+    size = 0
+    with trio.move_on_after(grace + expected / MIN_BODY_BPS) as deadline:
+        async for piece in response.aiter_bytes():
+            size += len(piece)
+            if size > MAX_BODY_BYTES:
+                raise HubError(f"{url}: answer is over {MAX_BODY_BYTES} bytes")
+            parts.append(piece)
+    if deadline.cancelled_caught:
+        raise HubTimeout(f"{url}: body slower than {MIN_BODY_BPS} B/s ({size} bytes received)")
+    return b"".join(parts)
+
+
+class HttpTransport:
+    """A hub root served over HTTP(S): ``<base>chunks/ab/cd/<id>`` and ``<base>manifests/<name>.p2p``.
+
+    The layout path works against the reference hub and against any static file server of a hub root.
+    """
+
+    def __init__(self, base_url: str, *, timeout: float, max_connections: int) -> None:
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self._fetcher = _HttpFetcher(timeout=timeout, max_connections=max_connections)
+
+    async def fetch_chunk(self, chunk_id: str) -> bytes:
+        url = f"{self.base_url}chunks/{chunk_relpath(chunk_id)}"
+        return await self._fetcher.get(url, partial(ChunkNotFound, chunk_id))
+
+    async def fetch_manifest(self, name: str) -> bytes:
+        filename = name if name.endswith(".p2p") else f"{name}.p2p"
+        return await self._fetcher.get(f"{self.base_url}manifests/{quote(filename, safe='')}", ManifestNotFound)
+
+    async def aclose(self) -> None:
+        await self._fetcher.aclose()
+
+
+def transport_for(url: str, *, timeout: float, max_connections: int) -> Transport:
+    """The transport for a hub URL, by scheme: ``http``/``https`` or ``zdb``."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("http", "https"):
+        return HttpTransport(url, timeout=timeout, max_connections=max_connections)
+    if scheme == "zdb":
+        from ..zos.zdb import ZdbTransport  # lazy: an HTTP-only agent never loads the zdb client
+
+        transport: Transport = ZdbTransport(url, timeout=timeout, max_connections=max_connections)
+        return transport
+    raise BadConfig(f"hub URL must be http://, https:// or zdb://, got {url!r}")
+
+
+@dataclass
+class HubClientStats:
+    requests: int = 0
+    """Transport calls made (first tries and retries)."""
+    bytes: int = 0
+    """Bytes received, including those that failed verification."""
+    retries: int = 0
+    failures: int = 0
+    """Calls of get_chunk/get_manifest that ended in an error."""
+    corrupt: int = 0
+    """Answers that did not hash to the chunk id asked for."""
+
+
+class HubClient:
+    """Chunks and manifests from one hub; see the module docstring for the policy."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        concurrency: int = 16,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.2,
+        rate_bps: float | None = None,
+        verifier: Verifier = default_verifier,
+        transport: Transport | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if concurrency < 1 or retries < 0 or backoff < 0 or timeout <= 0:
+            raise BadConfig(f"bad hub client settings: {concurrency=} {retries=} {backoff=} {timeout=}")
+        self.url = url
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.verifier = verifier
+        self.transport = transport or transport_for(url, timeout=timeout, max_connections=concurrency)
+        self.stats = HubClientStats()
+        self._concurrency = concurrency
+        self._slots = trio.Semaphore(concurrency)
+        self._bucket = TokenBucket(rate_bps) if rate_bps else None
+        self._rng = rng or random.Random()
+        self._url_fetcher: _HttpFetcher | None = None
+
+    async def get_chunk(self, chunk_id: str) -> bytes:
+        """The verified bytes of ``chunk_id``; ChunkNotFound, ChunkCorrupt, HubTimeout, HubUnavailable or HubError."""
+        validate_chunk_id(chunk_id)
+        return await self._with_retries(partial(self.transport.fetch_chunk, chunk_id), chunk_id)
+
+    async def get_manifest(self, name_or_url: str) -> bytes:
+        """A manifest by name (through the transport) or by absolute ``http(s)://`` URL."""
+        if _ABSOLUTE_URL.match(name_or_url):
+            if self._url_fetcher is None:
+                self._url_fetcher = _HttpFetcher(timeout=self.timeout, max_connections=self._concurrency)
+            return await self._with_retries(partial(self._url_fetcher.get, name_or_url, ManifestNotFound), None)
+        return await self._with_retries(partial(self.transport.fetch_manifest, name_or_url), None)
+
+    async def _with_retries(self, fetch: Callable[[], Awaitable[bytes]], chunk_id: str | None) -> bytes:
+        last: HubUnavailable | ChunkCorrupt | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.stats.retries += 1
+                await trio.sleep(self._delay(attempt - 1))
+            try:
+                async with self._slots:
+                    self.stats.requests += 1
+                    data = await fetch()
+                    self.stats.bytes += len(data)
+                    if self._bucket is not None:
+                        await self._bucket.acquire(len(data))
+                    if chunk_id is None or await self._verify(chunk_id, data):
+                        return data
+            except HubUnavailable as error:  # HubTimeout included
+                last = error
+                continue
+            except BaseException:
+                self.stats.failures += 1
+                raise
+            self.stats.corrupt += 1
+            last = ChunkCorrupt(chunk_id, source=self.url)
+        self.stats.failures += 1
+        assert last is not None
+        raise last
+
+    async def _verify(self, chunk_id: str, data: bytes) -> bool:
+        if len(data) >= VERIFY_IN_THREAD_BYTES:  # hashing releases the GIL: keep the event loop free
+            return await trio.to_thread.run_sync(self.verifier, chunk_id, data)
+        return self.verifier(chunk_id, data)
+
+    def _delay(self, retry: int) -> float:
+        """Seconds before retry number ``retry`` (0-based): backoff·2^retry, jittered ×[0.5, 1.5), capped."""
+        return min(MAX_BACKOFF, self.backoff * 2.0**retry) * (0.5 + self._rng.random())
+
+    async def aclose(self) -> None:
+        try:
+            await self.transport.aclose()
+        finally:
+            if self._url_fetcher is not None:
+                await self._url_fetcher.aclose()
+
+    async def __aenter__(self) -> HubClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
