@@ -412,7 +412,9 @@ def test_reconcile(make: Callable[..., ChunkCache], clock: Clock) -> None:
     misplaced.write_bytes(stray)
 
     report = cache.reconcile()
-    assert report == ReconcileReport(adopted=1, removed_files=2, dropped_rows=2, corrupt=2, temp_removed=1)
+    assert report == ReconcileReport(
+        adopted=1, removed_files=2, dropped_rows=2, corrupt=2, temp_removed=1, rehashed=1
+    )
     assert sorted(heard) == sorted(ids[:2])
     assert [cache.has(i) for i in [*ids, stray_id, junk_id]] == [False, False, True, True, True, False]
     assert not temp.exists()
@@ -424,18 +426,123 @@ def test_reconcile(make: Callable[..., ChunkCache], clock: Clock) -> None:
     assert cache.reconcile() == ReconcileReport(0, 0, 0, 0, 0)
 
 
-def test_full_reconcile_finds_same_size_corruption(make: Callable[..., ChunkCache], clock: Clock) -> None:
+def test_reconcile_rehashes_a_file_written_since_it_was_verified(make: Callable[..., ChunkCache], clock: Clock) -> None:
     cache = make()
+    heard: list[str] = []
+    cache.add_evict_listener(heard.extend)
     ids = fill(cache, clock, range(2))
     path = cache.path_for(ids[0])
     damaged = bytearray(path.read_bytes())
     damaged[7] ^= 0xFF
-    path.write_bytes(damaged)  # same size, one byte flipped
-    assert cache.reconcile() == ReconcileReport(0, 0, 0, 0, 0)  # a quick pass trusts sizes
-    assert cache.reconcile(full=True) == ReconcileReport(0, 0, 1, 1, 0)
+    path.write_bytes(damaged)  # same size, one byte flipped: the write changed the file's stamp
+    assert cache.reconcile() == ReconcileReport(0, 0, 1, 1, 0, rehashed=1)
     assert not cache.has(ids[0])
     assert not path.exists()
     assert cache.has(ids[1])
+    assert heard == [ids[0]]
+    assert cache.damaged_found == 1
+    assert cache.reconcile() == ReconcileReport(0, 0, 0, 0, 0)  # unchanged files are not hashed again
+    assert cache.reconcile(full=True) == ReconcileReport(0, 0, 0, 0, 0, rehashed=1)
+
+
+def flip_silently(cache: ChunkCache, chunk_id: str) -> None:
+    """Rot at rest: flip a byte, then give the index the file's new stamp (as if no write had happened)."""
+    path = cache.path_for(chunk_id)
+    damaged = bytearray(path.read_bytes())
+    damaged[5] ^= 0x01
+    path.write_bytes(damaged)
+    st = path.stat()
+    with closing(sqlite3.connect(cache.directory / "index.sqlite3")) as db, db:
+        db.execute(
+            "UPDATE chunks SET stamp = ? WHERE id = ?",
+            (f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}", chunk_id),
+        )
+
+
+def test_a_verified_read_drops_rot_and_never_returns_wrong_bytes(
+    make: Callable[..., ChunkCache], clock: Clock
+) -> None:
+    cache = make()
+    heard: list[str] = []
+    cache.add_evict_listener(heard.extend)
+    first, second = fill(cache, clock, [1, 2])
+    flip_silently(cache, first)
+    assert cache.reconcile() == ReconcileReport(0, 0, 0, 0, 0)  # the stamp says nothing changed
+    with pytest.raises(ChunkCorrupt, match="rot at rest"):
+        cache.get(first)
+    assert heard == [first]
+    assert not cache.has(first)
+    assert not cache.path_for(first).exists()
+    assert cache.get(second) == chunk(2)[1]
+    assert cache.damaged_found == 1
+
+
+def test_the_scrub_finds_silent_rot_oldest_verification_first(make: Callable[..., ChunkCache], clock: Clock) -> None:
+    cache = make()
+    heard: list[str] = []
+    cache.add_evict_listener(heard.extend)
+    ids = fill(cache, clock, range(6))
+    flip_silently(cache, ids[4])
+    clock.now += 10
+    first = cache.scrub(250)  # 100-byte chunks: two fit in 250 bytes, the first two verified
+    assert (first.checked, first.bytes, first.damaged) == (2, 200, ())
+    clock.now += 10
+    second = cache.scrub(400)  # the four verified longest ago, rot included
+    assert second.checked == 4
+    assert second.damaged == (ids[4],)
+    assert heard == [ids[4]]
+    assert cache.usage().chunks == 5
+    clock.now += 10
+    assert cache.scrub(100).checked == 1  # at least one per step, never zero
+
+
+def test_an_index_of_version_1_is_migrated_and_rehashed_once(tmp_path: Path, clock: Clock) -> None:
+    directory = tmp_path / "cache"
+    chunk_id, data = chunk(1)
+    (directory / "chunks" / chunk_id[:2] / chunk_id[2:4]).mkdir(parents=True)
+    (directory / "chunks" / chunk_id[:2] / chunk_id[2:4] / chunk_id).write_bytes(data)
+    with closing(sqlite3.connect(directory / "index.sqlite3")) as db, db:
+        db.executescript(
+            "CREATE TABLE chunks (id TEXT PRIMARY KEY, size INTEGER NOT NULL, last_access REAL NOT NULL) WITHOUT ROWID;"
+            "PRAGMA user_version = 1;"
+        )
+        db.execute("INSERT INTO chunks VALUES (?, ?, ?)", (chunk_id, len(data), 5.0))
+    with ChunkCache(directory, budget_bytes=1000, clock=clock) as cache:
+        assert cache.reconcile() == ReconcileReport(0, 0, 0, 0, 0, rehashed=1)
+        assert cache.reconcile() == ReconcileReport(0, 0, 0, 0, 0)
+        assert cache.get(chunk_id) == data
+    assert rows(cache, "PRAGMA user_version") == [(2,)]
+
+
+def test_held_strays_and_room(make: Callable[..., ChunkCache], clock: Clock) -> None:
+    cache = make()
+    ids = fill(cache, clock, range(3))
+    absent = [chunk(n)[0] for n in range(10, 12)]
+    assert cache.held([*ids, *absent, ids[0]]) == set(ids)
+    stray_id, _ = chunk(10)
+    cache.path_for(stray_id).parent.mkdir(parents=True, exist_ok=True)
+    cache.path_for(stray_id).write_bytes(b"half a piece")
+    assert cache.remove_stray(ids[0]) is False  # indexed: not a stray
+    assert cache.remove_stray(stray_id) is True
+    assert not cache.path_for(stray_id).exists()
+    assert cache.remove_stray(stray_id) is False
+    assert cache.room_for() == 1000
+    with cache.protecting(ids[:2]):
+        assert cache.room_for() == 800
+    assert cache.room_for() == 1000
+
+
+def test_adopt_hashes_a_large_file_in_blocks(make: Callable[..., ChunkCache]) -> None:
+    cache = make(budget_bytes=64 * 2**20)
+    data = os.urandom(3 * 2**20 + 17)
+    chunk_id = chunk_id_of(data)
+    cache.path_for(chunk_id).parent.mkdir(parents=True, exist_ok=True)
+    cache.path_for(chunk_id).write_bytes(data)
+    assert cache.adopt(chunk_id) is True
+    assert cache.get(chunk_id) == data
+    cache.path_for(chunk_id).write_bytes(data + b"x")
+    assert cache.verify(chunk_id) is False
+    assert not cache.has(chunk_id)
 
 
 def test_budget_percent_of_filesystem(make: Callable[..., ChunkCache], tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
 """The chunk cache's SQLite index: which chunks are cached, their size and last access, pins, manifest refs.
 
 Owns: the schema of ``index.sqlite3`` (WAL, ``synchronous=NORMAL``) and every SQL statement about it, including
-the effective pin of a chunk (the highest of its direct pin and the pins of the manifests that reference it).
+the effective pin of a chunk (the highest of its direct pin and the pins of the manifests that reference it) and
+each chunk's integrity record: when its file was last hashed and the file's *stamp* then (inode, size, mtime and
+ctime), so that a file changed since (by anything but bit rot) is noticed with one ``stat``.
 Must not know files, hashing or eviction policy: :class:`p2pchunks.cache.ChunkCache` does, and holds its lock
 around every call here (this class is not thread-safe on its own). Each method that changes rows is one
 transaction.
@@ -17,16 +19,22 @@ from pathlib import Path
 from ..errors import ManifestNotFound
 from ..policy.eviction import Candidate, Pin
 
+SCHEMA_VERSION = 2
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS chunks (id TEXT PRIMARY KEY, size INTEGER NOT NULL, last_access REAL NOT NULL)
-    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chunks (id TEXT PRIMARY KEY, size INTEGER NOT NULL, last_access REAL NOT NULL,
+    verified_at REAL NOT NULL DEFAULT 0, stamp TEXT NOT NULL DEFAULT '') WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pins (chunk_id TEXT PRIMARY KEY, pin INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS manifests (id TEXT PRIMARY KEY, name TEXT NOT NULL, pin INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS refs (manifest_id TEXT NOT NULL, chunk_id TEXT NOT NULL,
     PRIMARY KEY (manifest_id, chunk_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS refs_by_chunk ON refs (chunk_id);
-PRAGMA user_version = 1;
 """
+# Version 1 had no integrity record: its chunks get an empty stamp, so the next reconcile hashes each once.
+MIGRATIONS = {
+    1: "ALTER TABLE chunks ADD COLUMN verified_at REAL NOT NULL DEFAULT 0; "
+    "ALTER TABLE chunks ADD COLUMN stamp TEXT NOT NULL DEFAULT '';",
+}
+_IN_BATCH = 500  # ids per ``IN (...)``: far below SQLite's variable limit
 # A chunk's pin: the highest of its direct pin and the pins of the manifests that reference it.
 PIN_SQL = """MAX(COALESCE((SELECT pin FROM pins WHERE chunk_id = c.id), 0),
     COALESCE((SELECT MAX(m.pin) FROM refs r JOIN manifests m ON m.id = r.manifest_id WHERE r.chunk_id = c.id), 0))"""
@@ -47,7 +55,11 @@ class CacheIndex:
         try:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.executescript(SCHEMA)
+            (version,) = self._db.execute("PRAGMA user_version").fetchone()
+            if version and version < SCHEMA_VERSION:
+                for step in range(version, SCHEMA_VERSION):
+                    self._db.executescript(MIGRATIONS[step])
+            self._db.executescript(SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
         except BaseException:
             self._db.close()
             raise
@@ -64,15 +76,40 @@ class CacheIndex:
     def sizes(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT id, size FROM chunks").fetchall())
 
+    def stamps(self) -> dict[str, tuple[int, str]]:
+        """``id → (size, stamp)`` of every indexed chunk."""
+        return {i: (size, stamp) for i, size, stamp in self._db.execute("SELECT id, size, stamp FROM chunks")}
+
+    def held(self, chunk_ids: Sequence[str]) -> set[str]:
+        """Which of ``chunk_ids`` are indexed (one query per few hundred ids)."""
+        found: set[str] = set()
+        for start in range(0, len(chunk_ids), _IN_BATCH):
+            batch = chunk_ids[start : start + _IN_BATCH]
+            marks = ",".join("?" * len(batch))
+            found.update(row[0] for row in self._db.execute(f"SELECT id FROM chunks WHERE id IN ({marks})", batch))
+        return found
+
+    def least_recently_verified(self, limit: int) -> list[tuple[str, int]]:
+        """``(id, size)`` of the ``limit`` chunks hashed longest ago: the scrub's next ones."""
+        rows = self._db.execute("SELECT id, size FROM chunks ORDER BY verified_at, id LIMIT ?", (limit,))
+        return [(chunk_id, int(size)) for chunk_id, size in rows]
+
+    def set_verified(self, chunk_id: str, at: float, stamp: str) -> None:
+        with self._db:
+            self._db.execute("UPDATE chunks SET verified_at = ?, stamp = ? WHERE id = ?", (at, stamp, chunk_id))
+
     def totals(self) -> tuple[int, int]:
         """(chunks, bytes) indexed."""
         count, used = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM chunks").fetchone()
         return int(count), int(used)
 
-    def add(self, chunk_id: str, size: int, at: float, manifest_id: str | None) -> bool:
-        """Index a chunk (and its manifest ref); False if it was indexed already (the ref is still recorded)."""
+    def add(self, chunk_id: str, size: int, at: float, manifest_id: str | None, stamp: str = "") -> bool:
+        """Index a chunk just verified at ``at`` (and its manifest ref); False if it was indexed already (the ref is
+        still recorded)."""
         with self._db:
-            fresh = self._db.execute("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?)", (chunk_id, size, at)).rowcount
+            fresh = self._db.execute(
+                "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)", (chunk_id, size, at, at, stamp)
+            ).rowcount
             self._ref(manifest_id, chunk_id)
         return bool(fresh)
 

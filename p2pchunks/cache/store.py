@@ -1,17 +1,19 @@
 """The chunk cache: content-addressed chunk files on disk and their SQLite index.
 
 Owns: the files under ``<directory>/chunks/ab/cd/<id>`` (the rfs layout, shared with libtorrent, which reads and
-writes the same files), atomic verified writes, protection of chunks in use, applying the eviction plan, and
-reconciling the index (``<directory>/index.sqlite3``, :mod:`p2pchunks.cacheindex`: sizes, accesses, pins direct
-and through manifests) with what is really on disk. It must not know HTTP or libtorrent: it only learns of
-libtorrent's files through ``adopt`` and tells the swarm of evictions through evict listeners.
+writes the same files), atomic verified writes, protection of chunks in use, applying the eviction plan, and the
+index (``<directory>/index.sqlite3``, :mod:`p2pchunks.cache.index`). Keeping the files honest — verified reads,
+the scrub, reconciling at start-up — is :mod:`p2pchunks.cache.integrity`'s half of the same class. It must not
+know HTTP or libtorrent: it learns of libtorrent's files through ``adopt`` and tells whoever listens (the swarm)
+of every chunk that leaves the index, evicted or found damaged.
 
-Invariants: a chunk is in the index only once its verified bytes sit, complete, at its final path; a write that
-fails at any point leaves neither a visible file nor a row. A cache hit never writes: last-access stamps are
-batched in memory and flushed by ``put``, ``gc``, ``close`` and ``flush_access``.
+Invariants: a chunk is in the index only once its verified bytes sit, complete and durable, at its final path; a
+write that fails at any point leaves neither a visible file nor a row. No byte is handed out unverified: ``get``
+hashes the file it reads. A cache hit writes nothing: last-access stamps are batched in memory and flushed by
+``put``, ``gc``, ``close`` and ``flush_access``.
 
 Concurrency: the class is synchronous and thread-safe (trio callers use ``trio.to_thread.run_sync``). One index
-(one SQLite connection), guarded by one lock; hashing and writing the bytes of a new chunk happen outside it.
+(one SQLite connection), guarded by one lock; hashing and writing the bytes of a chunk happen outside it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import errno
 import logging
 import os
 import sqlite3
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -29,19 +30,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
 
 from ..errors import CacheFull, ChunkCorrupt, ChunkNotFound
-from ..ids import Verifier, chunk_relpath, default_verifier, is_chunk_id, validate_chunk_id
+from ..files import fsync_dir, write_temp
+from ..ids import Verifier, chunk_relpath, default_verifier, validate_chunk_id
 from ..policy.eviction import EvictionPlan, Pin, Watermarks, effective_budget, plan_eviction
 from .index import CacheEntry, CacheIndex
+from .integrity import Integrity, ReconcileReport, ScrubReport, file_stamp
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T", bytes, int)
 
 TEMP_PREFIX = ".tmp-"
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
-__all__ = ["TEMP_PREFIX", "CacheEntry", "ChunkCache", "ReconcileReport", "Usage"]
+__all__ = ["TEMP_PREFIX", "CacheEntry", "ChunkCache", "ReconcileReport", "ScrubReport", "Usage"]
 
 
 @dataclass(frozen=True)
@@ -53,24 +54,11 @@ class Usage:
     low_bytes: int
 
 
-@dataclass(frozen=True)
-class ReconcileReport:
-    """``adopted``: valid unindexed files now indexed; ``removed_files``: unindexed files deleted (bad content, or
-    not a chunk at its place); ``dropped_rows``: rows whose file was gone or corrupt; ``corrupt``: files that failed
-    verification, indexed or not (all deleted); ``temp_removed``: leftover ``.tmp-`` files of interrupted writes."""
-
-    adopted: int
-    removed_files: int
-    dropped_rows: int
-    corrupt: int
-    temp_removed: int
-
-
 def _disk_full(chunk_id: str, size: int, detail: str | None) -> CacheFull:
     return CacheFull(f"chunk {chunk_id} ({size} B) does not fit: the cache's disk is full ({detail})")
 
 
-class ChunkCache:
+class ChunkCache(Integrity):
     def __init__(
         self,
         directory: Path,
@@ -97,9 +85,12 @@ class ChunkCache:
         self._protected: Counter[str] = Counter()
         self._temps: set[str] = set()
         self._listeners: list[Callable[[Sequence[str]], None]] = []
+        self._damage_listeners: list[Callable[[Sequence[str]], None]] = []
         self._index = CacheIndex(self.directory / "index.sqlite3")
         self._count, self._used = self._index.totals()
         self._closed = False
+        self.damaged_found = 0
+        """Indexed chunks whose file was found damaged (by a read, the scrub or a reconcile) and dropped."""
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
 
@@ -127,53 +118,54 @@ class ChunkCache:
     def has(self, chunk_id: str) -> bool:
         validate_chunk_id(chunk_id)
         with self._lock:
-            return self._size_locked(chunk_id) is not None
+            return self._index.size(chunk_id) is not None
+
+    def held(self, chunk_ids: Iterable[str]) -> set[str]:
+        """Which of ``chunk_ids`` are cached (a few queries, whatever their number)."""
+        ids = list(dict.fromkeys(chunk_ids))
+        with self._lock:
+            return self._index.held(ids)
 
     def get(self, chunk_id: str) -> bytes:
-        """The chunk's bytes (not re-verified: ``reconcile(full=True)`` does that); records the access."""
-        return self._serve(chunk_id, Path.read_bytes)[1]
+        """The chunk's bytes, hashed as they are read; records the access.
 
-    def locate(self, chunk_id: str) -> tuple[Path, int]:
-        """``(path, size)`` of a cached chunk, for zero-copy serving; records the access."""
-        return self._serve(chunk_id, lambda path: path.stat().st_size)
-
-    def verify(self, chunk_id: str) -> bool:
-        """Re-hash a cached chunk's file: True if intact; a damaged one is dropped (row and file) and False.
-
-        For chunks whose file another writer may have touched: libtorrent writes peers' blocks straight into these
-        files, so a piece that fails its hash may have scribbled over a chunk already indexed. ChunkNotFound if the
-        chunk is not cached.
+        A file that does not hash to its id is dropped (row and file, listeners told) and ``ChunkCorrupt`` raised:
+        the caller fetches it again. ``ChunkNotFound`` if it is not cached (or its file vanished).
         """
         path, size = self._indexed(chunk_id)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            data = b""
-        if len(data) == size and self._verifier(chunk_id, data):
-            return True
-        log.warning("cache entry %s: its file %s was damaged after it was cached: dropped", chunk_id, path)
-        self.remove(chunk_id)
-        return False
-
-    def _serve(self, chunk_id: str, read: Callable[[Path], _T]) -> tuple[Path, _T]:
-        """Read a hit and record the access; an entry whose file vanished or changed size is dropped."""
-        path, size = self._indexed(chunk_id)
-        try:
-            found = read(path)
-        except FileNotFoundError:
-            found = None
-        if found is None or (len(found) if isinstance(found, bytes) else found) != size:
+            data = None
+        if data is None or len(data) != size:
             log.warning("cache entry %s: its file %s is missing or has the wrong size: dropped", chunk_id, path)
-            self.remove(chunk_id)
+            self._drop_damaged(chunk_id)
             raise ChunkNotFound(chunk_id, "its file was missing or damaged")
+        if not self._verifier(chunk_id, data):
+            log.warning("cache entry %s: its file %s does not hash to its id (rot at rest): dropped", chunk_id, path)
+            self._drop_damaged(chunk_id)
+            raise ChunkCorrupt(chunk_id, "the cache (rot at rest, dropped)")
         with self._lock:
             self._access[chunk_id] = self._clock()
-        return path, found
+        return data
+
+    def locate(self, chunk_id: str) -> tuple[Path, int]:
+        """``(path, size)`` of a cached chunk (for HEAD: nothing is read, so nothing is verified)."""
+        path, size = self._indexed(chunk_id)
+        try:
+            if path.stat().st_size == size:
+                return path, size
+        except FileNotFoundError:
+            pass
+        log.warning("cache entry %s: its file %s is missing or has the wrong size: dropped", chunk_id, path)
+        self._drop_damaged(chunk_id)
+        raise ChunkNotFound(chunk_id, "its file was missing or damaged")
 
     def _indexed(self, chunk_id: str) -> tuple[Path, int]:
         """The file and indexed size of a cached chunk; ChunkNotFound if it is not in the index."""
+        validate_chunk_id(chunk_id)
         with self._lock:
-            size = self._size_locked(chunk_id)
+            size = self._index.size(chunk_id)
         if size is None:
             raise ChunkNotFound(chunk_id, "not in the cache")
         return self.path_for(chunk_id), size
@@ -194,11 +186,12 @@ class ChunkCache:
             raise ChunkCorrupt(chunk_id, "put")
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._write_temp(final.parent, data)
+            tmp = write_temp(final.parent, data, fsync=self._fsync, prefix=TEMP_PREFIX)
         except OSError as error:
             if error.errno in _NO_SPACE:  # the disk filled behind the budget's back: a full cache, not a crash
                 raise _disk_full(chunk_id, len(data), error.strerror) from error
             raise
+        self._temps.add(tmp.name)
         evicted: list[str] = []
         placed = False
         try:
@@ -208,12 +201,11 @@ class ChunkCache:
                 evicted = self._make_room_locked(chunk_id, len(data), strict=True)
                 os.replace(tmp, final)
                 placed = True
-                self._sync_dir(final.parent)
+                if self._fsync:
+                    fsync_dir(final.parent)
                 self._flush_locked()
-                self._index.add(chunk_id, len(data), self._clock(), manifest_id)
+                self._index_locked(chunk_id, len(data), manifest_id, file_stamp(final.stat()))
                 placed = False
-                self._used += len(data)
-                self._count += 1
                 return True
         except sqlite3.OperationalError as error:
             if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
@@ -226,44 +218,29 @@ class ChunkCache:
             self._temps.discard(tmp.name)
             self._notify(evicted)
 
-    def _write_temp(self, directory: Path, data: bytes) -> Path:
-        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
-        tmp = Path(name)
-        self._temps.add(tmp.name)
-        try:
-            with os.fdopen(fd, "wb") as file:
-                os.fchmod(file.fileno(), 0o644)
-                file.write(data)
-                file.flush()
-                if self._fsync:
-                    os.fsync(file.fileno())
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            self._temps.discard(tmp.name)
-            raise
-        return tmp
-
     def adopt(self, chunk_id: str, *, manifest_id: str | None = None) -> bool:
         """Index a file someone else (libtorrent) wrote at ``path_for(chunk_id)``; False if already indexed.
 
-        Raises :class:`ChunkNotFound` if there is no file, :class:`ChunkCorrupt` (and deletes it) if it is bad.
+        The file is hashed in blocks (never whole in memory) and made durable before it is indexed. Raises
+        :class:`ChunkNotFound` if there is no file, :class:`ChunkCorrupt` (and deletes it) if it is bad.
         """
         path = self.path_for(chunk_id)
         try:
-            data = path.read_bytes()
+            size = self._hash_file(chunk_id, path)
         except FileNotFoundError:
             raise ChunkNotFound(chunk_id, "no file to adopt") from None
-        if not self._verifier(chunk_id, data):
+        if size is None:
             path.unlink(missing_ok=True)
             raise ChunkCorrupt(chunk_id, "adopt")
         if self._fsync:
             with path.open("rb") as file:
                 os.fsync(file.fileno())
-            self._sync_dir(path.parent)
+            fsync_dir(path.parent)
+        stamp = file_stamp(path.stat())
         evicted: list[str] = []
         try:
             with self._lock:
-                fresh = self._index_locked(chunk_id, len(data), manifest_id)
+                fresh = self._index_locked(chunk_id, size, manifest_id, stamp)
                 if fresh:
                     evicted = self._make_room_locked(chunk_id, 0, strict=False)
                 return fresh
@@ -279,6 +256,15 @@ class ChunkCache:
             path.unlink(missing_ok=True)
         self._notify(removed)
         return bool(removed) or had_file
+
+    def remove_stray(self, chunk_id: str) -> bool:
+        """Delete the file of a chunk that is *not* indexed (what a failed piece left behind); True if one was."""
+        path = self.path_for(chunk_id)
+        with self._lock:
+            if self._index.size(chunk_id) is not None or not path.exists():
+                return False
+            path.unlink(missing_ok=True)
+        return True
 
     # ---- manifests and pins --------------------------------------------------------------------------------
 
@@ -328,16 +314,23 @@ class ChunkCache:
     def protecting(self, chunk_ids: Iterable[str]) -> Iterator[None]:
         """Keep ``chunk_ids`` from eviction while the block runs (nested blocks add up)."""
         ids = list(chunk_ids)
-        with self._lock:
-            self._protected.update(ids)
+        self.protect(ids)
         try:
             yield
         finally:
-            with self._lock:
-                for chunk_id in ids:
-                    self._protected[chunk_id] -= 1
-                    if self._protected[chunk_id] <= 0:
-                        del self._protected[chunk_id]
+            self.release(ids)
+
+    def protect(self, chunk_ids: Iterable[str]) -> None:
+        """Keep ``chunk_ids`` from eviction until :meth:`release`d (as many times as protected)."""
+        with self._lock:
+            self._protected.update(chunk_ids)
+
+    def release(self, chunk_ids: Iterable[str]) -> None:
+        with self._lock:
+            for chunk_id in chunk_ids:
+                self._protected[chunk_id] -= 1
+                if self._protected[chunk_id] <= 0:
+                    del self._protected[chunk_id]
 
     def gc(self, *, dry_run: bool = False, force: bool = False) -> EvictionPlan:
         """Evict per the plan (only above the high watermark, unless ``force``); ``dry_run``: only plan."""
@@ -350,66 +343,31 @@ class ChunkCache:
         self._notify(evicted)
         return plan
 
+    def room_for(self) -> int:
+        """Bytes that could be added now if everything evictable went (nothing is evicted): the budget less what
+        is protected."""
+        with self._lock:
+            protected = self._protected
+            kept = sum(c.size for c in self._index.candidates() if c.chunk_id in protected)
+        return max(0, self.marks.budget_bytes - kept)
+
     def add_evict_listener(self, fn: Callable[[Sequence[str]], None]) -> None:
+        """``fn(ids)`` is called (from whichever thread removed them) for every chunk that leaves the index."""
         self._listeners.append(fn)
+
+    def add_damage_listener(self, fn: Callable[[Sequence[str]], None]) -> None:
+        """``fn(ids)`` is called for every chunk dropped because its file was found damaged (after the evict
+        listeners, which hear of it too)."""
+        self._damage_listeners.append(fn)
 
     def flush_access(self) -> None:
         with self._lock:
             self._flush_locked()
 
-    # ---- reconcile -----------------------------------------------------------------------------------------
-
-    def reconcile(self, *, full: bool = False) -> ReconcileReport:
-        """Make the index and the files agree (run at start-up; ``full``: also re-verify every indexed file)."""
-        with self._lock:
-            self._flush_locked()
-            indexed = self._index.sizes()
-        adopted = removed = corrupt = temps = 0
-        seen: set[str] = set()
-        bad: list[str] = []
-        for path in self._files():
-            name = path.name
-            if name.startswith(TEMP_PREFIX):
-                if name not in self._temps:
-                    path.unlink(missing_ok=True)
-                    temps += 1
-            elif not is_chunk_id(name) or path != self.path_for(name):
-                path.unlink(missing_ok=True)
-                removed += 1
-            elif name in indexed:
-                seen.add(name)
-                size = path.stat().st_size
-                if (full or size != indexed[name]) and not self._verifier(name, path.read_bytes()):
-                    corrupt += 1
-                    bad.append(name)
-                elif size != indexed[name]:
-                    with self._lock:
-                        self._index.set_size(name, size)
-            else:
-                try:
-                    adopted += self.adopt(name)
-                except ChunkCorrupt:  # adopt deleted it
-                    removed += 1
-                    corrupt += 1
-        gone = [chunk_id for chunk_id in indexed if chunk_id not in seen]
-        with self._lock:
-            dropped = self._delete_locked(gone + bad)
-            self._count, self._used = self._index.totals()
-        self._notify(dropped)
-        return ReconcileReport(adopted, removed, len(dropped), corrupt, temps)
-
-    def _files(self) -> Iterator[Path]:
-        for root, _dirs, files in os.walk(self.chunk_dir):
-            for name in files:
-                yield Path(root, name)
-
     # ---- internals (``_locked``: the caller holds ``self._lock``) ---------------------------------------------
 
-    def _size_locked(self, chunk_id: str) -> int | None:
-        return self._index.size(chunk_id)
-
-    def _index_locked(self, chunk_id: str, size: int, manifest_id: str | None) -> bool:
-        fresh = self._index.add(chunk_id, size, self._clock(), manifest_id)
+    def _index_locked(self, chunk_id: str, size: int, manifest_id: str | None, stamp: str) -> bool:
+        fresh = self._index.add(chunk_id, size, self._clock(), manifest_id, stamp)
         if fresh:
             self._used += size
             self._count += 1
@@ -443,18 +401,10 @@ class ChunkCache:
         self._index.touch(self._access)
         self._access.clear()
 
-    def _sync_dir(self, directory: Path) -> None:
-        if self._fsync:
-            fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-    def _notify(self, chunk_ids: Sequence[str]) -> None:
+    def _notify(self, chunk_ids: Sequence[str], *, damaged: bool = False) -> None:
         if not chunk_ids:
             return
-        for listener in list(self._listeners):
+        for listener in [*self._listeners, *(self._damage_listeners if damaged else ())]:
             try:
                 listener(list(chunk_ids))
             except Exception:
