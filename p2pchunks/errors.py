@@ -57,6 +57,18 @@ class CacheFull(P2PChunksError):
     """The cache budget is exhausted and nothing more can be evicted."""
 
 
+class JobFailed(P2PChunksError):
+    """A fetch job ended without every chunk: ``missing`` names those no source could deliver."""
+
+    def __init__(self, message: str, missing: tuple[str, ...] = ()) -> None:
+        self.missing = missing
+        super().__init__(message)
+
+
+class BadRequest(P2PChunksError, ValueError):
+    """A request to the local API that cannot be served as sent (bad JSON, a bad flag, a body too large)."""
+
+
 class BadManifest(P2PChunksError, ValueError):
     """A manifest (or bencoded document) that is malformed, too large, or inconsistent."""
 
@@ -83,6 +95,7 @@ class BadFlist(P2PChunksError, ValueError):
 
 STATUS_BY_ERROR: tuple[tuple[type[P2PChunksError], int], ...] = (
     (BadChunkId, 400),
+    (BadRequest, 400),
     (BadManifest, 400),
     (BadFlist, 400),
     (BadConfig, 400),
@@ -91,6 +104,7 @@ STATUS_BY_ERROR: tuple[tuple[type[P2PChunksError], int], ...] = (
     (ChunkNotFound, 404),
     (ManifestNotFound, 404),
     (CacheFull, 507),
+    (JobFailed, 502),
     (ChunkCorrupt, 502),
     (HubTimeout, 504),
     (ChunkUnavailable, 503),

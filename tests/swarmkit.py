@@ -12,11 +12,12 @@ from typing import Any
 import libtorrent as lt
 import trio
 
-from p2pchunks.agent.node import Agent, open_agent
+from p2pchunks.agent import Agent, open_agent
 from p2pchunks.config.schema import Config
 from p2pchunks.formats.manifest import Manifest
 from p2pchunks.hub.publish import publish
-from p2pchunks.swarm.session import SwarmSettings, session_settings, torrent_info
+from p2pchunks.swarm.session import SwarmSettings, session_settings
+from p2pchunks.swarm.torrent import torrent_info
 
 CHUNK = 64 * 1024  # small chunks: many pieces from a few MiB
 

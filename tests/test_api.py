@@ -9,8 +9,8 @@ import httpx
 import pytest
 import trio
 
+from p2pchunks.agent import Agent
 from p2pchunks.agent.api import check_exposure
-from p2pchunks.agent.node import Agent
 from p2pchunks.cli.main import main
 from p2pchunks.errors import BadConfig
 from p2pchunks.hub.server import open_hub_server

@@ -80,4 +80,4 @@ def test_configuration_reference_is_current() -> None:
     from p2pchunks.config.doc import reference
 
     current = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
-    assert current == reference(), "regenerate: python -m p2pchunks.configdoc > docs/configuration.md"
+    assert current == reference(), "regenerate: python -m p2pchunks.config.doc > docs/configuration.md"

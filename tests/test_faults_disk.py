@@ -16,7 +16,7 @@ import httpx
 import pytest
 import trio
 
-from p2pchunks.agent.node import Agent
+from p2pchunks.agent import Agent
 from p2pchunks.cache.store import TEMP_PREFIX
 from p2pchunks.errors import CacheFull, ChunkNotFound
 from p2pchunks.hub.server import open_hub_server

@@ -15,8 +15,8 @@ import libtorrent as lt
 import pytest
 import trio
 
+from p2pchunks.agent import open_agent
 from p2pchunks.agent.api import check_exposure
-from p2pchunks.agent.node import open_agent
 from p2pchunks.agent.swarmconfig import swarm_settings, with_bootstrap
 from p2pchunks.config.schema import Config
 from p2pchunks.errors import BadConfig
@@ -111,7 +111,7 @@ async def test_with_a_token_every_route_needs_it(tmp_path: Path) -> None:
                         answer = await http.request(method, path, json=body, headers=headers)
                         assert answer.status_code == 401, (method, path, given, answer.status_code)
                 assert hub.stats.requests == 0  # nothing reached the hub on behalf of an unauthorized caller
-                assert not agent.jobs
+                assert not agent.jobs.all()
                 assert agent.cache.usage().chunks == 0
                 good = {"authorization": f"Bearer {TOKEN}"}
                 assert (await http.get("/status", headers=good)).status_code == 200

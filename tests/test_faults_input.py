@@ -22,7 +22,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2pchunks.agent.node import Agent, open_agent
+from p2pchunks.agent import Agent, open_agent
 from p2pchunks.errors import BadManifest, StaleVersion
 from p2pchunks.formats.bencoding import bencode
 from p2pchunks.formats.manifest import Manifest

@@ -20,8 +20,8 @@ import libtorrent as lt
 import pytest
 import trio
 
-from p2pchunks.agent.fetchjob import Job
-from p2pchunks.agent.node import Agent
+from p2pchunks.agent import Agent
+from p2pchunks.agent.jobs import Job
 from p2pchunks.formats.manifest import Manifest
 from p2pchunks.hub.server import open_hub_server
 from p2pchunks.ids import blake2b_verifier, chunk_relpath

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from p2pchunks.agent.node import Agent
+from p2pchunks.agent import Agent
 from p2pchunks.hub.server import open_hub_server
 from p2pchunks.ids import blake2b_verifier
 from p2pchunks.policy.fetch import FetchParams

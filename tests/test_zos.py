@@ -70,8 +70,8 @@ async def test_import_fill_from_hub_then_from_a_peer_and_proxy(tmp_path: Path, v
             async with agents(configs) as (first, second):
                 with trio.fail_after(60):
                     report = await first.fill(str(manifest_path))
-                assert report.failed == {}
-                assert not report.stopped_for_space
+                assert report["failed"] == {}
+                assert not report["stopped_for_space"]
                 rebuild(tmp_path / "rfs1", files, tmp_path / "out1")
                 for path, _ in files:
                     assert (tmp_path / "out1" / path).read_bytes() == (src / path).read_bytes(), path

@@ -1,73 +1,62 @@
-"""The fetch job: applies the fetch policy (``fetch.py``) to one manifest until every chunk is in the cache.
+"""The fetch job: applies the fetch policy to one manifest until every chunk of it has been in the cache.
 
-A thin driver in the hypercorn style: read the swarm's state → feed the pure policy → start the hub requests it
-picks → wait for arrivals. Chunks from peers arrive through the agent (libtorrent piece → verified → cache),
-which announces them on ``Arrivals``; chunks from the hub are handed to ``deliver`` (verified → cache → injected
-into every torrent that has them, so peers get them from us).
+A thin driver in the hypercorn style: read the torrent's state (``SwarmReading``) → feed the pure rules
+(``policy.swarmview`` → ``policy.fetch``; ``policy.retry`` for hub failures) → start the hub requests they pick →
+wait for arrivals. Chunks from peers arrive through the piece keeper; chunks from the hub are handed to
+``deliver``. Every job ends: done, or failed with an error naming the chunks no source can deliver.
+
+Streaming. An image larger than the cache can still be fetched to a file or to the rfs cache: the job then works
+through a *window* of the fetch order (``window_bytes`` of chunks not yet consumed): only those are wanted from
+peers and the hub and kept from eviction, and each chunk the consumer has written out (``consumed``) makes room
+for the next. Without a window every chunk is wanted and kept until the job ends.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
-import math
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
-from ..errors import ChunkCorrupt, ChunkNotFound, HubError
+from ..errors import ChunkCorrupt, ChunkNotFound, HubError, JobFailed
 from ..formats.manifest import Manifest
-from ..hub.client import HubClient
-from ..policy.eviction import Pin
-from ..policy.fetch import FetchParams, HubPick, StallTracker, View, Wanted, owner_of, pick_hub_chunks
-from ..swarm.session import Torrent
+from ..policy.fetch import FetchParams, HubPick, fetch_order, pick_hub_chunks
+from ..policy.retry import HubRetries, describe_missing
+from ..policy.swarmview import PeerReading, SwarmReading, ViewKeeper
+from ..swarm.torrent import NORMAL, TOP
+from .arrivals import Arrival, Arrivals, Source
+from .datapath import ChunkSource
 
 log = logging.getLogger(__name__)
 
-
-class Source(enum.Enum):
-    CACHE = "cache"
-    PEERS = "peers"
-    HUB = "hub"
+Missing = Callable[[Sequence[str]], Awaitable[list[str]]]
+Deliver = Callable[[str, bytes, Source], Awaitable[None]]
+Protect = Callable[[Iterable[str]], None]
 
 
-@dataclass(frozen=True, slots=True)
-class Arrival:
-    chunk_id: str
-    source: Source
-    size: int
+class TorrentLike(Protocol):
+    """What the job reads and sets on its torrent (``swarm.torrent.Torrent``, or a fake in tests)."""
+
+    def piece_of(self, chunk_id: str) -> int: ...
+    def peers(self) -> Sequence[PeerLike]: ...
+    def availability(self) -> list[int]: ...
+    def have(self) -> list[bool]: ...
+    def download_rate(self) -> int: ...
+    def set_priorities(self, priorities: list[int]) -> None: ...
+    @property
+    def pieces(self) -> int: ...
 
 
-class Arrivals:
-    """Tells whoever waits that a chunk is now in the cache."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, trio.Event] = {}
-        self._listeners: set[trio.MemorySendChannel[Arrival]] = set()
-
-    def event_for(self, chunk_id: str) -> trio.Event:
-        return self._events.setdefault(chunk_id, trio.Event())
-
-    def arrived(self, arrival: Arrival) -> None:
-        event = self._events.pop(arrival.chunk_id, None)
-        if event is not None:
-            event.set()
-        for listener in self._listeners:
-            listener.send_nowait(arrival)
-
-    @contextmanager
-    def subscribe(self) -> Iterator[trio.MemoryReceiveChannel[Arrival]]:
-        send, receive = trio.open_memory_channel[Arrival](math.inf)
-        self._listeners.add(send)
-        try:
-            yield receive
-        finally:
-            self._listeners.discard(send)
-            send.close()
-            receive.close()
+class PeerLike(Protocol):
+    @property
+    def ip(self) -> str: ...
+    @property
+    def seed(self) -> bool: ...
+    @property
+    def pieces(self) -> int: ...
 
 
 @dataclass
@@ -86,14 +75,14 @@ class FetchReport:
     hub_reasons: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     arrival_order: list[str] = field(default_factory=list)
+    """Every chunk as it became available to the consumer (those found cached first)."""
 
     @property
     def done(self) -> int:
         return self.from_cache + self.from_peers + self.from_hub
 
 
-Missing = Callable[[Sequence[str]], Awaitable[list[str]]]
-Deliver = Callable[[str, bytes, Source], Awaitable[None]]
+MAX_ERRORS = 50
 
 
 class FetchJob:
@@ -103,13 +92,17 @@ class FetchJob:
         self,
         manifest: Manifest,
         *,
-        hub: HubClient,
-        torrent: Torrent | None,
+        hub: ChunkSource,
+        torrent: TorrentLike | None,
         arrivals: Arrivals,
         missing: Missing,
         deliver: Deliver,
         me: str,
         params: FetchParams | None = None,
+        retries: HubRetries | None = None,
+        window_bytes: int | None = None,
+        protect: Protect = lambda ids: None,
+        release: Protect = lambda ids: None,
         tick_s: float = 0.1,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
@@ -119,85 +112,146 @@ class FetchJob:
         self._arrivals = arrivals
         self._missing = missing
         self._deliver = deliver
-        self._me = me
         self._params = params or FetchParams()
+        self._retries = retries or HubRetries()
+        self._keeper = ViewKeeper(me, self._params)
+        self._window_bytes = window_bytes
+        self._protect, self._release = protect, release
         self._tick = tick_s
         self._clock = clock
         self._inflight: set[str] = set()
-        self._hub_retry_at = 0.0
-        self._hub_failures = 0
-        self._owners: dict[str, str] = {}
-        self._seen: dict[str, float] = {}
-        self._stable_since = 0.0
-        self._owners_for: frozenset[str] = frozenset()
-        self.report = FetchReport(manifest.manifest_id, manifest.name, len(manifest.chunk_ids), manifest.image_bytes)
+        self._order = fetch_order(manifest.hot, manifest.chunk_ids)
+        self._rank = {chunk_id: i for i, chunk_id in enumerate(self._order)}
+        self._hot = frozenset(manifest.hot)
+        self._consumed: set[str] = set()
+        self._kept: set[str] = set()
+        self._active: list[str] = []
+        self._pushed: tuple[bool, int, str] | None = None
+        self.report = FetchReport(manifest.manifest_id, manifest.name, len(self._order), manifest.image_bytes)
+
+    # ---- the consumer's side (streaming) --------------------------------------------------------------------------
+
+    def consumed(self, chunk_id: str) -> None:
+        """The consumer wrote ``chunk_id`` out: with a window, it may leave the cache now."""
+        if chunk_id in self._kept and chunk_id not in self._consumed:
+            self._consumed.add(chunk_id)
+            if self._window_bytes is not None:
+                self._kept.discard(chunk_id)
+                self._release([chunk_id])
+
+    # ---- the run --------------------------------------------------------------------------------------------------
 
     async def run(self) -> FetchReport:
-        manifest, report = self.manifest, self.report
-        order = list(manifest.chunk_ids)
-        rank = {chunk_id: i for i, chunk_id in enumerate(order)}
-        hot = set(manifest.hot)
+        report = self.report
         start = self._clock()
-        with self._arrivals.subscribe() as arrivals:
-            pending = dict.fromkeys(await self._missing(order))
-            report.from_cache = len(order) - len(pending)
-            self._start_torrent(pending)
-            stall = StallTracker(self._params.owner_stall_s)
-            slow_since: float | None = None
-            async with trio.open_nursery() as nursery:
-                while pending:
-                    now = self._clock()
-                    if not (hot & pending.keys()) and report.hot_seconds is None:
-                        report.hot_seconds = now - start
-                        if self._torrent is not None:
-                            self._torrent.want_all()  # boot-critical chunks are in: now the rest
-                    view, wanted, slow_since = self._look(pending, rank, hot, now - start, stall, slow_since)
-                    if now >= self._hub_retry_at:
-                        for pick in pick_hub_chunks(wanted, view, self._params):
-                            log.debug(
-                                "%s: hub %s (%s) elapsed %.2f candidates %s",
-                                self._me,
-                                pick.chunk_id[:8],
-                                pick.reason.name,
-                                view.elapsed_s,
-                                sorted(view.candidates),
-                            )
-                            self._inflight.add(pick.chunk_id)
-                            report.hub_reasons[pick.reason.name] += 1
-                            nursery.start_soon(self._from_hub, pick)
-                    with trio.move_on_after(self._tick):
-                        self._note(await arrivals.receive(), pending)
-                    while True:
-                        try:
-                            self._note(arrivals.receive_nowait(), pending)
-                        except trio.WouldBlock:
-                            break
-                nursery.cancel_scope.cancel()
-        report.seconds = self._clock() - start
+        try:
+            with self._arrivals.subscribe() as arrivals:
+                pending = dict.fromkeys(await self._missing(self._order))
+                report.from_cache = len(self._order) - len(pending)
+                report.arrival_order.extend(c for c in self._order if c not in pending)
+                self._slide(pending)
+                async with trio.open_nursery() as nursery:
+                    while pending:
+                        now = self._clock()
+                        self._pick(pending, now - start, now, nursery)
+                        hopeless = self._retries.hopeless(pending, now, self._held_by_peers)
+                        if hopeless:
+                            raise JobFailed(f"fetch of {self.manifest.name}: {describe_missing(hopeless)}",
+                                            tuple(hopeless))
+                        with trio.move_on_after(self._tick):
+                            self._note(await arrivals.receive(), pending)
+                        while True:
+                            try:
+                                self._note(arrivals.receive_nowait(), pending)
+                            except trio.WouldBlock:
+                                break
+                        self._slide(pending)
+                        if report.hot_seconds is None and self._hot.isdisjoint(pending):
+                            report.hot_seconds = self._clock() - start
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._release(list(self._kept))
+            self._kept.clear()
+            report.seconds = self._clock() - start
         if report.hot_seconds is None:
             report.hot_seconds = report.seconds
         return report
 
-    def _start_torrent(self, pending: dict[str, None]) -> None:
-        """Hot chunks first: peers are asked for nothing else until they are in (the hub picks them first too).
+    def _slide(self, pending: dict[str, None]) -> None:
+        """Recompute the chunks being fetched now (``_active``), keep them from eviction, tell libtorrent.
 
-        libtorrent's piece priorities only bias its picker, and it requests a whole pipeline at once, so the rest
-        waits at priority 0. The torrent is then briefly "finished" between the hot chunks and ``want_all``; the
-        swarm keeps such connections open (``close_redundant_connections`` off), so no peer is lost.
+        Hot chunks first: until they are in, peers are asked for nothing else (libtorrent's priorities only bias
+        its picker and it requests a whole pipeline at once, so the rest waits at priority 0).
         """
-        if self._torrent is None:
-            return
-        hot_missing = [chunk_id for chunk_id in self.manifest.hot if chunk_id in pending]
-        if not hot_missing:
-            self._torrent.want_all()
-            return
-        self._torrent.want_none()
-        self._torrent.want(hot_missing, 7)
+        budget = self._window_bytes
+        window: list[str] = []
+        for chunk_id in self._order:
+            if chunk_id in self._consumed:
+                continue
+            size = self.manifest.chunk_size_of(chunk_id)
+            if budget is not None and window and size > budget:
+                break
+            window.append(chunk_id)
+            if budget is not None:
+                budget -= size
+        entering = [chunk_id for chunk_id in window if chunk_id not in self._kept]
+        if entering:
+            self._kept.update(entering)
+            self._protect(entering)
+        self._active = [chunk_id for chunk_id in window if chunk_id in pending]
+        hot_phase = any(chunk_id in self._hot for chunk_id in self._active)
+        key = (hot_phase, len(window), window[-1] if window else "")
+        if self._torrent is not None and key != self._pushed:
+            self._pushed = key
+            priorities = [0] * self._torrent.pieces
+            for chunk_id in window:
+                if chunk_id in self._hot:
+                    priorities[self._torrent.piece_of(chunk_id)] = TOP
+                elif not hot_phase:
+                    priorities[self._torrent.piece_of(chunk_id)] = NORMAL
+            self._torrent.set_priorities(priorities)
+
+    def _reading(self) -> SwarmReading | None:
+        torrent = self._torrent
+        if torrent is None:
+            return None
+        peers = tuple(PeerReading(p.ip, p.seed, p.pieces) for p in torrent.peers())
+        return SwarmReading(peers, tuple(torrent.availability()), tuple(torrent.have()), torrent.download_rate())
+
+    def _held_by_peers(self, chunk_id: str) -> bool:
+        return self._availability_of(chunk_id) > 0
+
+    def _availability_of(self, chunk_id: str) -> int:
+        availability = self._last.availability if self._last is not None else ()
+        return availability[self._torrent.piece_of(chunk_id)] if availability and self._torrent is not None else 0
+
+    _last: SwarmReading | None = None
+
+    def _pick(self, pending: dict[str, None], elapsed: float, now: float, nursery: trio.Nursery) -> None:
+        self._last = self._reading()
+        window = set(self._active) if self._window_bytes is not None else None
+        candidates = [c for c in pending if (window is None or c in window) and self._retries.ready(c, now)]
+        view, wanted = self._keeper.look(
+            self._last,
+            candidates,
+            piece_of=self._torrent.piece_of if self._torrent is not None else _no_piece,
+            rank=self._rank,
+            hot=self._hot,
+            now=now,
+            elapsed_s=elapsed,
+            hub_inflight=frozenset(self._inflight),
+        )
+        for pick in pick_hub_chunks(wanted, view, self._params):
+            log.debug("%s: hub %s (%s) elapsed %.2f", view.me, pick.chunk_id[:8], pick.reason.name, elapsed)
+            self._inflight.add(pick.chunk_id)
+            self.report.hub_reasons[pick.reason.name] += 1
+            nursery.start_soon(self._from_hub, pick)
 
     def _note(self, arrival: Arrival, pending: dict[str, None]) -> None:
         if arrival.chunk_id not in pending:
             return
         del pending[arrival.chunk_id]
+        self._retries.succeeded(arrival.chunk_id)
         report = self.report
         report.arrival_order.append(arrival.chunk_id)
         if arrival.source is Source.HUB:
@@ -209,90 +263,25 @@ class FetchJob:
         else:
             report.from_cache += 1
 
-    def _look(
-        self,
-        pending: dict[str, None],
-        rank: dict[str, int],
-        hot: set[str],
-        elapsed: float,
-        stall: StallTracker,
-        slow_since: float | None,
-    ) -> tuple[View, list[Wanted], float | None]:
-        """Read the torrent's state into the policy's plain data."""
-        torrent = self._torrent
-        availability: list[int] = []
-        candidates = {self._me}
-        stalled: frozenset[str] = frozenset()
-        now = self._clock()
-        if torrent is not None:
-            availability = torrent.availability()
-            # Seeds have everything and fetch nothing. Every other peer is a candidate: libtorrent's upload-only
-            # flag lags (a peer that just started fetching still shows it), so an idle holder is caught by the
-            # stall rule instead.
-            peers = [peer for peer in torrent.peers() if not peer.seed]
-            for peer in torrent.peers():
-                if peer.seed:
-                    self._seen.pop(peer.ip, None)
-            self._seen.update((peer.ip, now) for peer in peers)
-            # A peer stays a candidate for a while after its connection drops (connections churn, ownership
-            # should not): only once it has been gone for ``owner_stall_s`` do its chunks move to the others.
-            recent = {ip for ip, seen in self._seen.items() if now - seen < self._params.owner_stall_s}
-            candidates |= recent
-            stalled = stall.update({peer.ip: peer.pieces for peer in peers}, now)
-            rate = torrent.status().download_payload_rate
-            slow = rate < self._params.peer_floor_bps and any(availability)
-            slow_since = (slow_since if slow_since is not None else now) if slow else None
-        frozen = frozenset(candidates)
-        if frozen != self._owners_for:
-            self._owners_for, self._owners, self._stable_since = frozen, {}, now
-        have = torrent.have() if torrent is not None else []
-        wanted = []
-        for chunk_id in pending:
-            if have and have[torrent.piece_of(chunk_id)]:  # type: ignore[union-attr]
-                continue  # libtorrent has it; it is on its way into the cache
-            owner = self._owners.get(chunk_id)
-            if owner is None:
-                owner = self._owners[chunk_id] = owner_of(chunk_id, frozen)
-            avail = availability[torrent.piece_of(chunk_id)] if torrent is not None and availability else 0
-            wanted.append(Wanted(chunk_id, rank[chunk_id], chunk_id in hot, avail, owner))
-        view = View(
-            me=self._me,
-            candidates=frozen,
-            elapsed_s=elapsed,
-            stalled=stalled,
-            hub_inflight=frozenset(self._inflight),
-            slow_for_s=0.0 if slow_since is None else now - slow_since,
-            stable_for_s=now - self._stable_since,
-        )
-        return view, wanted, slow_since
-
     async def _from_hub(self, pick: HubPick) -> None:
+        chunk_id = pick.chunk_id
         try:
-            data = await self._hub.get_chunk(pick.chunk_id)
-            await self._deliver(pick.chunk_id, data, Source.HUB)
-            self._hub_failures = 0
+            data = await self._hub.get_chunk(chunk_id)
+            await self._deliver(chunk_id, data, Source.HUB)
         except ChunkNotFound as error:
-            self._fail(f"hub has no {pick.chunk_id}: {error}")
+            self._failed(chunk_id, f"hub has no {chunk_id}: {error}", definitive=True)
         except (HubError, ChunkCorrupt) as error:
-            self._fail(f"hub failed for {pick.chunk_id}: {error}")
+            self._failed(chunk_id, f"hub failed for {chunk_id}: {error}", definitive=False)
         finally:
-            self._inflight.discard(pick.chunk_id)
+            self._inflight.discard(chunk_id)
 
-    def _fail(self, message: str) -> None:
+    def _failed(self, chunk_id: str, message: str, *, definitive: bool) -> None:
         log.warning("%s: %s", self.manifest.name, message)
-        self.report.errors.append(message)
-        self._hub_failures += 1
-        backoff = min(5.0, 0.25 * 2 ** min(self._hub_failures, 5))
-        self._hub_retry_at = self._clock() + backoff
+        errors = self.report.errors
+        errors.append(message)
+        del errors[:-MAX_ERRORS]
+        self._retries.failed(chunk_id, self._clock(), message, definitive=definitive)
 
 
-@dataclass
-class Job:
-    id: int
-    manifest: Manifest
-    pin: Pin
-    state: str = "running"
-    report: FetchReport | None = None
-    error: str = ""
-    done: trio.Event = field(default_factory=trio.Event)
-    job: FetchJob | None = None
+def _no_piece(chunk_id: str) -> int:
+    return -1

@@ -24,7 +24,8 @@ class AgentStats:
     chunks_from_hub: int = 0
     bytes_from_peers: int = 0
     bytes_from_hub: int = 0
-    bytes_served_api: int = 0
+    chunks_served: int = 0
+    bytes_served: int = 0
     corrupt_from_peers: int = 0
     corrupt_from_hub: int = 0
     peers_banned: int = 0
@@ -40,12 +41,13 @@ class AgentStats:
 
 
 _COUNTERS = (
-    ("chunks_from_cache", "Chunks found in the cache when wanted"),
+    ("chunks_from_cache", "Chunks a fetch job found already cached"),
     ("chunks_from_peers", "Chunks received from peers"),
     ("chunks_from_hub", "Chunks fetched from the hub"),
     ("bytes_from_peers", "Chunk bytes received from peers"),
     ("bytes_from_hub", "Chunk bytes fetched from the hub"),
-    ("bytes_served_api", "Chunk bytes served by the local API"),
+    ("chunks_served", "Chunks served to local readers (API)"),
+    ("bytes_served", "Chunk bytes served to local readers (API)"),
     ("corrupt_from_peers", "Pieces from peers that failed verification"),
     ("corrupt_from_hub", "Chunks from the hub that failed verification"),
     ("peers_banned", "Peers banned for sending corrupt data"),

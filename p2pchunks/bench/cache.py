@@ -17,10 +17,10 @@ from pathlib import Path
 
 import trio
 
+from ..agent.process import open_agent_process, write_config
 from ..cache.store import ChunkCache
 from ..hub.publish import publish
 from ..ids import chunk_id_of, chunk_relpath
-from .load import open_agent_process, write_config
 
 CHUNK = 1 << 20
 

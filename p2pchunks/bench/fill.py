@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from ..agent.node import open_agent
+from ..agent import open_agent
 from ..config.schema import Config
 from ..zos.flistwrite import write_fl
 from ..zos.importflist import import_flist
@@ -133,7 +133,7 @@ async def bench_fill(image_mib: int, latency_ms: float) -> int:
         "speedup_parallel": round(sequential_s / parallel_s, 1),
         "speedup_warm_peer": round(sequential_s / peer_s, 1),
         "warm_peer_bytes_from_hub": from_hub,
-        "failed_blocks": len(cold_report.failed) + len(peer_report.failed),
+        "failed_blocks": len(cold_report["failed"]) + len(peer_report["failed"]),
     }
     print(json.dumps(figures, indent=2))
     return 0

@@ -1,7 +1,6 @@
 """The load benchmark (``p2pchunks bench load``): many keep-alive API clients against a real agent process.
 
-Owns: running an agent as a subprocess (``python -m p2pchunks agent --config F``: :func:`write_config`,
-:func:`open_agent_process`, also used by the crash tests), and :func:`bench_load`: an agent with a warm cache of
+Owns :func:`bench_load`: an agent process (``agent.process``) with a warm cache of
 hot chunks, ``clients`` concurrent keep-alive connections reading them through ``GET /chunks/<id>`` for
 ``seconds`` while the agent also runs a fetch job from a rate-capped hub; it reports latency percentiles,
 throughput, errors and the agent's resident memory before and after.
@@ -13,15 +12,9 @@ the process, its API and its cache directory (filled before the start, as a warm
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import tempfile
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +22,7 @@ from typing import Any
 import httpx
 import trio
 
+from ..agent.process import open_agent_process, write_config
 from ..cache.store import ChunkCache
 from ..hub.publish import publish
 from ..hub.server import open_hub_server
@@ -36,114 +30,6 @@ from ..ids import blake2b_verifier, chunk_relpath
 
 HEAD_LIMIT = 16 * 1024
 READY_TIMEOUT = 30.0
-
-
-# ---- an agent process --------------------------------------------------------------------------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def write_config(path: Path, sections: Mapping[str, Mapping[str, Any]]) -> Path:
-    """Write an agent config file (``{"agent": {"cache_dir": ...}, ...}``) and return its path."""
-    lines: list[str] = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
-        lines.append("")
-    path.write_text("\n".join(lines))
-    return path
-
-
-@dataclass
-class AgentProcess:
-    process: trio.Process
-    api_port: int
-    host: str
-
-    @property
-    def pid(self) -> int:
-        return int(self.process.pid)
-
-    @property
-    def api(self) -> str:
-        return f"http://{self.host}:{self.api_port}"
-
-    def rss_bytes(self) -> int:
-        """The process's resident set size (``VmRSS``), 0 once it is gone."""
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up of any kind (the crash tests' weapon)."""
-        if self.process.returncode is None:
-            self.process.kill()
-
-
-@asynccontextmanager
-async def open_agent_process(config: Path, *, stderr: Path | None = None) -> AsyncIterator[AgentProcess]:
-    """Run ``python -m p2pchunks agent --config <config>`` until the block ends (SIGTERM, then SIGKILL).
-
-    Yields once the agent printed its ready line, with the API port it bound.
-    """
-    err = stderr.open("ab") if stderr is not None else subprocess.DEVNULL
-    try:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "p2pchunks", "agent", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-        )
-    finally:
-        if not isinstance(err, int):
-            err.close()
-    try:
-        assert process.stdout is not None
-        with trio.fail_after(READY_TIMEOUT):
-            port, host = await _ready(process.stdout)
-        yield AgentProcess(process, port, host)
-    finally:
-        with trio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-                with trio.move_on_after(5):
-                    await process.wait()
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
-            if process.stdout is not None:
-                await process.stdout.aclose()
-
-
-async def _ready(stdout: trio.abc.ReceiveStream) -> tuple[int, str]:
-    """Read the agent's ready line: ``p2pchunks node: api on HOST:PORT (port N), swarm port M``."""
-    seen = b""
-    while b"\n" not in seen:
-        data = await stdout.receive_some(4096)
-        if not data:
-            raise RuntimeError(f"agent exited before it was ready: {seen[-500:]!r}")
-        seen += data
-    line = seen.split(b"\n", 1)[0].decode()
-    try:
-        listen = line.split("api on ", 1)[1].split(" ", 1)[0]
-        port = int(line.split("(port ", 1)[1].split(")", 1)[0])
-    except (IndexError, ValueError):
-        raise RuntimeError(f"unexpected ready line from the agent: {line!r}") from None
-    return port, listen.rpartition(":")[0]
 
 
 # ---- the benchmark -----------------------------------------------------------------------------------------

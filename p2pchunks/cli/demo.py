@@ -17,7 +17,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from ..agent.node import Agent, open_agent
+from ..agent import Agent, open_agent
 from ..config.schema import Config
 from ..hub.publish import publish
 from ..hub.server import open_hub_server

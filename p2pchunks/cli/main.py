@@ -185,7 +185,10 @@ def _dispatch(args: argparse.Namespace) -> int | None:
 
 
 def _run_agent(config_path: Path | None, *, seed: bool) -> int:
-    from ..agent.node import open_agent
+    import os
+
+    from ..agent import open_agent
+    from ..agent.process import ready_line
     from ..config.schema import load_config
 
     config = load_config(config_path)
@@ -194,11 +197,14 @@ def _run_agent(config_path: Path | None, *, seed: bool) -> int:
 
     async def serve() -> None:
         async with open_agent(config) as agent:
-            print(
-                f"p2pchunks {config.agent.mode}: api on {config.api.listen} (port {agent.api_port}), "
-                f"swarm port {agent.swarm.listen_port if agent.swarm else '-'}",
-                flush=True,
-            )
+            host = config.api.listen.rpartition(":")[0]
+            ports = {
+                "api_port": agent.ports.api,
+                "swarm_port": agent.ports.swarm,
+                "tracker_port": agent.ports.tracker,
+                "zdb_port": agent.ports.zdb,
+            }
+            print(ready_line(config.agent.mode, f"{host}:{agent.ports.api}", ports, os.getpid()), flush=True)
             await trio.sleep_forever()
 
     trio.run(serve)

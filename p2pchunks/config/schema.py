@@ -41,6 +41,8 @@ class CacheSection:
     """Eviction starts when the cache holds more than this share of its budget."""
     low_watermark: float = 0.80
     """... and stops below this share. Nothing is ever evicted for being old."""
+    scrub_rate_bps: int = 1024 * 1024
+    """The scrub re-hashes every cached file in turn at this many bytes/s (0: off); reads are always verified."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,8 @@ class FetchSection:
     """Hub budget of this agent (0: none)."""
     job_timeout_s: float = 3600.0
     """A fetch or warm job that has not finished by then fails."""
+    give_up_s: float = 30.0
+    """A chunk no peer holds and the hub has failed for this long in a row fails its job (naming it)."""
 
 
 @dataclass(frozen=True)

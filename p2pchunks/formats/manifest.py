@@ -162,6 +162,9 @@ class Manifest:
     def _piece_index(self) -> dict[str, int]:
         return {chunk_id: index for index, chunk_id in enumerate(self.piece_ids)}
 
+    def has_chunk(self, chunk_id: str) -> bool:
+        return chunk_id in self._piece_index
+
     def piece_index(self, chunk_id: str) -> int:
         try:
             return self._piece_index[chunk_id]

@@ -103,6 +103,39 @@ def _error_response(status: int, message: str) -> Response:
     return Response(status, [("content-type", "application/json")], _error_body(status, message))
 
 
+async def open_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """Bind ``host:port`` now (port 0: any free one), so the port is known before anything is served."""
+    return list(await trio.open_tcp_listeners(port, host=host))
+
+
+def bound_port(listeners: list[trio.SocketListener]) -> int:
+    return int(listeners[0].socket.getsockname()[1])
+
+
+async def serve_listeners(
+    handler: Handler,
+    listeners: list[trio.SocketListener],
+    *,
+    limits: ServerLimits = ServerLimits(),
+    on_sent: OnSent | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``handler`` on already bound ``listeners`` until cancelled (then close them).
+
+    ``on_sent(request, n)`` is called once per handled request with the body bytes actually handed to the socket.
+    """
+    try:
+        slots = trio.Semaphore(limits.max_connections)
+        run = partial(_run_connection, handler=handler, limits=limits, on_sent=on_sent, slots=slots)
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(_accept_loop, listener, slots, nursery, run)
+            task_status.started(bound_port(listeners))
+    finally:
+        for listener in listeners:
+            listener.socket.close()
+
+
 async def serve_http(
     handler: Handler,
     host: str,
@@ -112,22 +145,15 @@ async def serve_http(
     on_sent: OnSent | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``handler`` on ``host:port`` until cancelled; ``task_status.started(port actually bound)``.
+    """Bind ``host:port`` and serve ``handler`` until cancelled; ``task_status.started(port actually bound)``."""
+    listeners = await open_listeners(host, port)
+    await serve_listeners(handler, listeners, limits=limits, on_sent=on_sent, task_status=task_status)
 
-    ``on_sent(request, n)`` is called once per handled request with the body bytes actually handed to the socket.
-    """
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    try:
-        bound = int(listeners[0].socket.getsockname()[1])
-        slots = trio.Semaphore(limits.max_connections)
-        run = partial(_run_connection, handler=handler, limits=limits, on_sent=on_sent, slots=slots)
-        async with trio.open_nursery() as nursery:
-            for listener in listeners:
-                nursery.start_soon(_accept_loop, listener, slots, nursery, run)
-            task_status.started(bound)
-    finally:
-        for listener in listeners:
-            listener.socket.close()
+
+# What trio's own serve_listeners retries on: out of file descriptors, buffers or memory. Anything else is a bug
+# or a closed listener and ends the server.
+_ACCEPT_CAPACITY_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_BACKOFF_S = 0.1
 
 
 async def _accept_loop(
@@ -140,10 +166,12 @@ async def _accept_loop(
         await slots.acquire()
         try:
             stream = await listener.accept()
-        except OSError as error:  # EMFILE and friends: back off instead of spinning
+        except OSError as error:
             slots.release()
-            log.warning("accept failed: %s", error)
-            await trio.sleep(0.1)
+            if error.errno not in _ACCEPT_CAPACITY_ERRORS:
+                raise
+            log.warning("accept failed (%s): waiting %.1f s for resources", error, ACCEPT_BACKOFF_S)
+            await trio.sleep(ACCEPT_BACKOFF_S)
             continue
         except BaseException:
             slots.release()

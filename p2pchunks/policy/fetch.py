@@ -6,7 +6,8 @@ imports no trio, socket, libtorrent or SQLite and reads no clock (elapsed times 
 Theory of operation
 -------------------
 A chunk already in the cache is never fetched. Every other chunk of a manifest is wanted from the swarm at once
-(libtorrent's rarest-first; hot chunks get piece deadlines so they come first). The hub is the fallback, used
+(libtorrent's rarest-first), the hot ones first: until they are in, peers are asked for nothing else (piece
+priorities) and the hub picks them first. The hub is the fallback, used
 for a chunk only when peers cannot serve it in time:
 
 * **nobody has it** (no connected peer holds the piece). If every node of a farm then asked the hub, the hub
@@ -16,15 +17,16 @@ for a chunk only when peers cannot serve it in time:
   it owns. Everything else arrives from its owner over the swarm. Before the first hub request a node waits
   ``discovery_grace_s`` so that peers (LSD, DHT, trackers) have been found, and it takes its share only while its
   candidate set has been stable for ``settle_s``, so that the split it computes is the one its peers compute.
-* **its owner stalls**: a peer that has not completed a piece for ``owner_stall_s`` (or left) loses its share;
-  the others take it over.
+* **its owner stalls or leaves**: a peer that has not completed a piece for ``owner_stall_s`` loses its share,
+  and one that disconnects loses it at once; the others take it over.
 * **a hot chunk misses its deadline** (no peer has it ``hot_deadline_s`` after the discovery grace): boot-critical
   chunks go to the hub whoever owns them.
 * **peers are too slow**: when the torrent's payload rate from peers stays below ``peer_floor_bps`` for
   ``peer_floor_window_s`` while chunks are wanted, chunks peers do have may also come from the hub.
 
 The hub is never asked for more than ``hub_slots`` chunks at once by one job, in fetch order (hot first, then
-the manifest's file order); an agent-wide hub rate budget is applied by the hub client.
+the manifest's file order); an agent-wide hub rate budget is applied by the hub client. When to ask the hub again
+after a failure, and when to give up, is ``retry.py``'s; what the swarm looks like, ``swarmview.py``'s.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Reason(enum.Enum):
     OWNER_STALLED = "its owner stalled or left"
     HOT_DEADLINE = "hot chunk past its deadline"
     PEERS_TOO_SLOW = "peers slower than the floor"
+    ON_DEMAND = "asked for now (API, zdb proxy, fill) and no peer delivered in time"
 
 
 @dataclass(frozen=True)
@@ -168,3 +171,19 @@ class StallTracker:
             fresh[peer] = (pieces, now) if seen is None or pieces > seen[0] else seen
         self._last = fresh
         return frozenset(peer for peer, (_, since) in fresh.items() if now - since >= self.stall_s)
+
+
+@dataclass(frozen=True)
+class OnDemand:
+    """How an on-demand read (API, zdb proxy, fill) gets a chunk that is not cached."""
+
+    wait_for_peers_s: float
+    """First wait this long for the swarm to deliver it (0: go to the hub at once)."""
+    wait_after_hub_s: float
+    """If the hub fails, wait this long more for the swarm before giving up (0: give up at once)."""
+
+
+def plan_on_demand(held_by_peers: bool, peer_wait_s: float) -> OnDemand:
+    """Someone waits for this chunk now: a connected peer that holds it gets ``peer_wait_s`` (its piece gets a
+    deadline of now), before and again after the hub; nobody holds it: straight to the hub, no second chance."""
+    return OnDemand(peer_wait_s, peer_wait_s) if held_by_peers else OnDemand(0.0, 0.0)

@@ -3,12 +3,12 @@
 Owns: the translation of every libtorrent alert p2pchunks cares about into a frozen dataclass (the only place
 that touches alert objects), and ``pump_alerts``, which wakes on the session's alert fd.
 
-Two libtorrent traps shape this module (see shared/LIBTORRENT.md):
+Two libtorrent traps shape this module (docs/libtorrent.md):
 - ``set_alert_notify`` deadlocks against the GIL, so the session writes a byte to one end of a non-blocking
   socketpair (``set_alert_fd``) and trio waits on the other end;
 - an alert object dies at the next ``pop_alerts()``: every field we need is copied into an event right away,
   with no ``await`` between popping and translating.
-It must not know what the events mean: dispatching them is the swarm's job.
+It must not know what the events mean: reacting to them is the agent's job (``agent/pieces.py``).
 """
 
 from __future__ import annotations
@@ -32,22 +32,16 @@ class PieceFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheFlushed:
+    """What libtorrent had completed of this torrent is in its files now (after ``flush_cache``)."""
+
+    infohash: str
+
+
+@dataclass(frozen=True, slots=True)
 class HashFailed:
     infohash: str
     piece: int
-
-
-@dataclass(frozen=True, slots=True)
-class PieceRead:
-    infohash: str
-    piece: int
-    data: bytes | None
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class TorrentFinished:
-    infohash: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +77,8 @@ class AlertsDropped:
 
 SwarmEvent = (
     PieceFinished
+    | CacheFlushed
     | HashFailed
-    | PieceRead
-    | TorrentFinished
     | TorrentFailed
     | PeerBanned
     | ListenSucceeded
@@ -113,14 +106,10 @@ def translate(alert: Any) -> SwarmEvent | None:
     """Copy what we need out of one alert (call before the next ``pop_alerts``)."""
     if isinstance(alert, lt.piece_finished_alert):
         return PieceFinished(_infohash(alert), int(alert.piece_index))
-    if isinstance(alert, lt.read_piece_alert):
-        failed = bool(alert.error.value())
-        data = None if failed else bytes(alert.buffer)
-        return PieceRead(_infohash(alert), int(alert.piece), data, alert.error.message() if failed else "")
+    if isinstance(alert, lt.cache_flushed_alert):
+        return CacheFlushed(_infohash(alert))
     if isinstance(alert, lt.hash_failed_alert):
         return HashFailed(_infohash(alert), int(alert.piece_index))
-    if isinstance(alert, lt.torrent_finished_alert):
-        return TorrentFinished(_infohash(alert))
     if isinstance(alert, lt.file_error_alert | lt.torrent_error_alert):
         return TorrentFailed(_infohash(alert), alert.message())
     if isinstance(alert, lt.peer_ban_alert):

@@ -1,9 +1,9 @@
 """The swarm engine: one libtorrent session per agent, one torrent per manifest, stored on the chunk cache.
 
-Owns: the session's settings (profiles ``node`` and ``seed``, strict NAT, private DHT, LSD, rate caps), adding
-and removing torrents, and the per-torrent view the fetch job reads (what we have, what peers have, who they are)
-and acts on (inject a chunk, set a deadline, read a piece). Alerts come in through ``alerts.pump_alerts`` and are
-dispatched to the ``on_event`` callback the agent gives us.
+Owns: the session's settings (profiles ``node`` and ``seed``, strict NAT, private DHT, LSD, rate caps), adding,
+re-adding and removing torrents (each a :class:`p2pchunks.swarm.torrent.Torrent`), and the addresses it refuses.
+Alerts come in through ``alerts.pump_alerts`` and are handed, as our own events, to the ``on_event`` callback the
+agent gives us.
 
 Storage: a torrent is named ``chunks`` and its files are ``chunks/ab/cd/<id>``; with ``save_path`` = the cache
 directory libtorrent reads and writes the cache's own files, so there is no second copy that could drift. What
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +27,10 @@ import trio
 
 from ..formats.manifest import Manifest
 from .alerts import ALERT_MASK, SwarmEvent, pump_alerts
+from .torrent import NORMAL, Torrent, add_params
+
+BLOCKED = 1
+"""libtorrent's ``ip_filter`` flag for a refused address range."""
 
 Profile = Literal["node", "seed"]
 
@@ -128,123 +132,6 @@ def _unspecified(host: str) -> bool:
         return False
 
 
-@dataclass(frozen=True, slots=True)
-class PeerView:
-    ip: str
-    port: int
-    seed: bool
-    upload_only: bool
-    pieces: int
-    down_bps: int
-    up_bps: int
-    local: bool
-    source: str
-
-
-@dataclass
-class Torrent:
-    """One manifest in the swarm: its handle and the chunk ↔ piece mapping."""
-
-    manifest: Manifest
-    handle: Any
-    infohash: str
-    injected: set[int] = field(default_factory=set)
-    chunk_set: frozenset[str] = frozenset()
-
-    def __post_init__(self) -> None:
-        self.chunk_set = frozenset(self.manifest.piece_ids)
-
-    def piece_of(self, chunk_id: str) -> int:
-        return self.manifest.piece_index(chunk_id)
-
-    def chunk_of(self, piece: int) -> str:
-        return self.manifest.piece_ids[piece]
-
-    def has(self, chunk_id: str) -> bool:
-        return bool(self.handle.have_piece(self.piece_of(chunk_id)))
-
-    def have(self) -> list[bool]:
-        """Which pieces libtorrent holds (piece order), including those not yet handed to the cache."""
-        return list(self.handle.status(lt.torrent_handle.query_pieces).pieces)
-
-    def availability(self) -> list[int]:
-        """How many connected peers have each piece (piece order)."""
-        return list(self.handle.piece_availability())
-
-    def peers(self) -> list[PeerView]:
-        views = []
-        for peer in self.handle.get_peer_info():
-            ip, port = peer.ip
-            views.append(
-                PeerView(
-                    ip=str(ip),
-                    port=int(port),
-                    seed=bool(peer.flags & lt.peer_info.seed),
-                    upload_only=bool(peer.flags & lt.peer_info.upload_only),
-                    pieces=int(peer.num_pieces),
-                    down_bps=int(peer.payload_down_speed),
-                    up_bps=int(peer.payload_up_speed),
-                    local=bool(peer.flags & lt.peer_info.local_connection),
-                    source=_source_name(int(peer.source)),
-                )
-            )
-        return views
-
-    def local_ips(self) -> set[str]:
-        """Our own address as seen on our peer connections."""
-        return {str(peer.local_endpoint[0]) for peer in self.handle.get_peer_info()}
-
-    def inject(self, chunk_id: str, data: bytes) -> None:
-        """Hand a verified chunk (exact bytes) to libtorrent so peers can get it from us.
-
-        ``overwrite_existing``: blocks of this piece that a peer already sent are replaced too; without it
-        libtorrent keeps them, and a liar's blocks would end up in the file the cache just verified.
-        """
-        piece = self.piece_of(chunk_id)
-        self.injected.add(piece)
-        self.handle.add_piece(piece, data, lt.torrent_handle.overwrite_existing)
-
-    def set_deadline(self, chunk_id: str, milliseconds: int) -> None:
-        self.handle.set_piece_deadline(self.piece_of(chunk_id), milliseconds)
-
-    def want_all(self, priority: int = 4) -> None:
-        self.handle.prioritize_pieces([priority] * self.manifest_pieces)
-
-    def want_none(self) -> None:
-        self.handle.prioritize_pieces([0] * self.manifest_pieces)
-
-    def want(self, chunk_ids: Iterable[str], priority: int = 7) -> None:
-        for chunk_id in chunk_ids:
-            self.handle.piece_priority(self.piece_of(chunk_id), priority)
-
-    def read(self, chunk_id: str) -> None:
-        """Ask for the bytes of a piece; they arrive as a ``PieceRead`` event."""
-        self.handle.read_piece(self.piece_of(chunk_id))
-
-    def connect(self, ip: str, port: int) -> None:
-        self.handle.connect_peer((ip, port))
-
-    @property
-    def manifest_pieces(self) -> int:
-        return len(self.manifest.piece_ids)
-
-    def status(self) -> Any:
-        return self.handle.status()
-
-
-_SOURCES = (("tracker", 1), ("dht", 2), ("pex", 4), ("lsd", 8), ("resume", 16), ("incoming", 32))
-
-
-def _source_name(flags: int) -> str:
-    return "+".join(name for name, bit in _SOURCES if flags & bit) or "manual"
-
-
-def torrent_info(manifest: Manifest) -> Any:
-    """libtorrent's view of the manifest's info dict."""
-    info: Any = manifest.info
-    return lt.torrent_info(lt.bencode({b"info": info}))
-
-
 class Swarm:
     """The agent's libtorrent session. Create with :func:`open_swarm`."""
 
@@ -253,7 +140,7 @@ class Swarm:
         self.settings = settings
         self.save_path = save_path
         self.torrents: dict[str, Torrent] = {}
-        self.banned: list[tuple[str, str]] = []
+        self._blocked: frozenset[str] = frozenset()
 
     @property
     def listen_port(self) -> int:
@@ -270,21 +157,30 @@ class Swarm:
             raise ValueError(f"manifest {manifest.name} has no chunks to share")
         torrent = self.torrents.get(infohash)
         if torrent is None:
-            params = lt.add_torrent_params()
-            params.ti = torrent_info(manifest)
-            params.save_path = str(self.save_path)
-            params.have_pieces = [chunk_id in have for chunk_id in manifest.piece_ids]
-            params.flags &= ~lt.torrent_flags.auto_managed
-            params.flags &= ~lt.torrent_flags.paused
-            params.trackers = list(self.settings.trackers)
-            if not download:
-                params.piece_priorities = [0] * len(manifest.piece_ids)
-            handle = self._session.add_torrent(params)
-            torrent = Torrent(manifest, handle, infohash)
+            priorities = [NORMAL if download else 0] * len(manifest.piece_ids)
+            handle = self._add(manifest, have, priorities)
+            torrent = Torrent(manifest, handle, infohash, priorities, echoes=_pieces(manifest, have))
             self.torrents[infohash] = torrent
-        if download:
+        elif download:
             torrent.want_all()
         return torrent
+
+    def reload(self, torrent: Torrent, have: Collection[str]) -> None:
+        """Add ``torrent`` again with ``have`` as what it holds (and the priorities it had).
+
+        libtorrent has no way to forget a piece it completed: when a chunk leaves the cache (evicted, found
+        damaged) the torrent must be added again, or it keeps offering the chunk to peers from a file that is
+        gone. Its peers are disconnected; they find us again as any peer does (LSD, tracker, DHT).
+        """
+        self._session.remove_torrent(torrent.handle)
+        torrent.handle = self._add(torrent.manifest, have, torrent.priorities)
+        torrent.echoes = _pieces(torrent.manifest, have)
+        torrent.injected.clear()
+
+    def _add(self, manifest: Manifest, have: Collection[str], priorities: list[int]) -> Any:
+        params = add_params(manifest, str(self.save_path), have, priorities)
+        params.trackers = list(self.settings.trackers)
+        return self._session.add_torrent(params)
 
     def remove(self, infohash: str) -> None:
         torrent = self.torrents.pop(infohash, None)
@@ -294,17 +190,30 @@ class Swarm:
     def torrents_with(self, chunk_id: str) -> list[Torrent]:
         return [t for t in self.torrents.values() if chunk_id in t.chunk_set]
 
+    def block(self, ips: Collection[str]) -> None:
+        """Refuse every connection to and from ``ips`` (the whole set: it replaces the previous one)."""
+        blocked = frozenset(ips)
+        if blocked == self._blocked:
+            return
+        rules = lt.ip_filter()
+        for ip in blocked:
+            rules.add_rule(ip, ip, BLOCKED)
+        self._session.set_ip_filter(rules)
+        self._blocked = blocked
+
+    @property
+    def blocked(self) -> frozenset[str]:
+        return self._blocked
+
     def add_dht_node(self, host: str, port: int) -> None:
         self._session.add_dht_node((host, port))
 
     def dht_announce(self, torrent: Torrent) -> None:
         torrent.handle.force_dht_announce()
 
-    def note(self, event: SwarmEvent) -> None:
-        from .alerts import PeerBanned
 
-        if isinstance(event, PeerBanned):
-            self.banned.append((event.infohash, event.ip))
+def _pieces(manifest: Manifest, chunk_ids: Collection[str]) -> set[int]:
+    return {manifest.piece_index(chunk_id) for chunk_id in chunk_ids if manifest.has_chunk(chunk_id)}
 
 
 @asynccontextmanager
@@ -320,13 +229,9 @@ async def open_swarm(
     for host, port in settings.dht_bootstrap:
         session.add_dht_node((host, port))
 
-    def dispatch(event: SwarmEvent) -> None:
-        swarm.note(event)
-        on_event(event)
-
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump_alerts, session, dispatch)
+            nursery.start_soon(pump_alerts, session, on_event)
             try:
                 yield swarm
             finally:

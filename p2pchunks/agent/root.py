@@ -1,0 +1,320 @@
+"""The composition root: the whole agent built in one place, every service in one nursery.
+
+``open_agent`` makes each service with exactly the collaborators it uses (narrow interfaces, no service reaching
+into another's attributes), starts the long-running ones, and yields an :class:`Agent`: a frozen record of the
+services and the ports they bound, for the CLI, the tests and netsim. Nothing is assigned after construction and
+nothing outlives the block: leaving it cancels every task, stops the swarm and closes the cache.
+
+Wiring, in the order the data flows:
+
+    hub client ─┐                         ┌─ piece keeper (libtorrent's news ↔ the cache's index, bans)
+    swarm ──────┼─ data path (chunk, deliver) ─ jobs (fetch jobs) ─ warmer (official list)
+    cache ──────┘        │                                          API, tracker, zdb proxy (listeners)
+                         └─ repairs (damaged chunks fetched again)   scrubber (files re-hashed in turn)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..cache.store import ChunkCache
+from ..config.schema import Config, split_hostport
+from ..formats.manifest import Manifest
+from ..formats.seedlist import shipped_list
+from ..http.server import ServerLimits, bound_port, open_listeners, serve_http, serve_listeners
+from ..hub.client import HubClient
+from ..policy.eviction import Pin
+from ..policy.fetch import FetchParams
+from ..swarm import alerts
+from ..swarm.session import Swarm, SwarmSettings, open_swarm
+from ..swarm.tracker import Tracker
+from .api import MAX_BODY, Api, ApiServices, check_exposure
+from .arrivals import Arrivals, Source
+from .datapath import ChunkSource, DataPath
+from .fill import fill_rfs_cache
+from .jobs import Job, JobSettings, JobTable
+from .manifests import ManifestBook
+from .metrics import AgentStats, render_prometheus
+from .pieces import PieceKeeper
+from .repair import Repairs
+from .scrubber import Scrubber
+from .status import agent_status, gauges
+from .swarmconfig import swarm_settings, trusted_keys, with_bootstrap
+from .warmer import Warmer, WarmSettings
+
+log = logging.getLogger(__name__)
+
+DISK_THREADS = 4
+"""Chunk reads, writes and hashes at once: each holds at most a chunk's bytes."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    api: int
+    swarm: int | None = None
+    tracker: int | None = None
+    zdb: int | None = None
+
+
+@dataclass(frozen=True)
+class Agent:
+    """A running agent: its services and ports. Create with :func:`open_agent`."""
+
+    config: Config
+    cache: ChunkCache
+    hub: HubClient
+    swarm: Swarm | None
+    stats: AgentStats
+    arrivals: Arrivals
+    datapath: DataPath
+    manifests: ManifestBook
+    jobs: JobTable
+    repairs: Repairs
+    scrubber: Scrubber
+    warmer: Warmer | None
+    tracker: Tracker | None
+    ports: Ports
+
+    # A few doors the CLI, tests and netsim use, each one call to the service that owns it.
+
+    async def fetch(
+        self, ref: str, *, pin: Pin = Pin.NONE, hub: ChunkSource | None = None, stream: bool = False
+    ) -> Job:
+        return await self.jobs.start(ref, pin=pin, hub=hub, stream=stream)
+
+    async def chunk(self, chunk_id: str) -> bytes:
+        return await self.datapath.chunk(chunk_id)
+
+    async def manifest(self, ref: str) -> Manifest:
+        return await self.manifests.resolve(ref)
+
+    async def fill(self, ref: str) -> dict[str, Any]:
+        """Fill the node's rfs cache with the image ``ref`` (the report, as a dict)."""
+        return await fill_rfs_cache(
+            ref,
+            cache_dir=self.config.rfs.cache_dir,
+            quota_bytes=0,
+            start=lambda r: self.jobs.start(r, stream=True),
+            holds=self.datapath.holds,
+            read=self.datapath.chunk,
+            arrivals=self.arrivals,
+            concurrency=self.config.fetch.hub_slots,
+        )
+
+    @property
+    def api_port(self) -> int:
+        return self.ports.api
+
+    @property
+    def tracker_port(self) -> int:
+        return self.ports.tracker or 0
+
+    @property
+    def zdb_port(self) -> int:
+        return self.ports.zdb or 0
+
+    @property
+    def me(self) -> str:
+        return identity(self.config.swarm.listen, self.swarm)
+
+
+def identity(listen: str, swarm: Swarm | None) -> str:
+    """Our key in the rendezvous split: the swarm address peers see us by."""
+    host = SwarmSettings(listen=listen).host
+    if host not in ("0.0.0.0", "::") or swarm is None:
+        return host
+    for torrent in swarm.torrents.values():
+        for ip in torrent.local_ips():
+            return ip
+    return host
+
+
+@asynccontextmanager
+async def open_agent(config: Config, *, swarm: bool | None = None) -> AsyncIterator[Agent]:
+    """Run an agent for as long as the block runs (``swarm=False``: hub only, the zos baseline)."""
+    use_swarm = config.swarm.enabled if swarm is None else swarm
+    check_exposure(config.api.listen, config.api.token)
+    section, fetch = config.cache, config.fetch
+    directory = Path(config.agent.cache_dir)
+    cache = await trio.to_thread.run_sync(
+        lambda: ChunkCache(
+            directory,
+            budget_bytes=section.budget_bytes or None,
+            budget_percent=section.budget_percent,
+            high=section.high_watermark,
+            low=section.low_watermark,
+        )
+    )
+    try:
+        report = await trio.to_thread.run_sync(cache.reconcile)
+        if report.removed_files or report.dropped_rows or report.rehashed:
+            log.info("cache reconciled: %s", report)
+        hub_client = HubClient(
+            config.agent.hub,
+            concurrency=fetch.hub_concurrency,
+            timeout=fetch.hub_timeout_s,
+            retries=fetch.hub_retries,
+            rate_bps=fetch.hub_rate_bps or None,
+        )
+        events_send, events = trio.open_memory_channel[alerts.SwarmEvent](float("inf"))
+        async with hub_client as hub, AsyncExitStack() as stack:
+            session: Swarm | None = None
+            if use_swarm:
+                settings = with_bootstrap(swarm_settings(config), config)
+                session = await stack.enter_async_context(open_swarm(settings, directory, events_send.send_nowait))
+            async with trio.open_nursery() as nursery:
+                agent = await _build(config, cache, hub, session, events, directory, nursery)
+                try:
+                    yield agent
+                finally:
+                    nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(cache.close)
+
+
+async def _build(
+    config: Config,
+    cache: ChunkCache,
+    hub: HubClient,
+    swarm: Swarm | None,
+    events: trio.MemoryReceiveChannel[alerts.SwarmEvent],
+    directory: Path,
+    nursery: trio.Nursery,
+) -> Agent:
+    stats, arrivals, disk = AgentStats(), Arrivals(), trio.CapacityLimiter(DISK_THREADS)
+    fetch = config.fetch
+    datapath = DataPath(cache, hub, swarm, arrivals, stats, peer_wait_s=fetch.peer_wait_s, disk=disk)
+    keeper = (
+        PieceKeeper(swarm, cache, events, arrived=datapath.arrived, refetch=datapath.chunk, stats=stats, disk=disk)
+        if swarm is not None
+        else None
+    )
+
+    async def on_new(manifest: Manifest) -> None:
+        if keeper is not None:
+            await keeper.join(manifest)
+
+    manifests = ManifestBook(directory / "manifests", cache, hub, on_new)
+    repairs = Repairs(datapath.chunk, lambda chunk_id: bool(manifests.referencing(chunk_id)))
+    cache.add_damage_listener(repairs.damaged)
+
+    def me() -> str:
+        return identity(config.swarm.listen, swarm)
+
+    async def join(manifest: Manifest) -> Any:
+        return await keeper.join(manifest) if keeper is not None else None
+
+    jobs = JobTable(
+        nursery,
+        cache,
+        hub,
+        arrivals,
+        resolve=manifests.resolve,
+        remember=lambda manifest, pin: manifests.remember(manifest, pin=pin),
+        join=join,
+        missing=datapath.missing,
+        deliver=datapath.deliver,
+        me=me,
+        settings=JobSettings(_fetch_params(config), fetch.job_timeout_s, fetch.give_up_s),
+        stats=stats,
+    )
+    scrubber = Scrubber(cache, config.cache.scrub_rate_bps, disk)
+    if keeper is not None:
+        cache.add_evict_listener(keeper.left_cache)
+        await nursery.start(keeper.run)
+    await nursery.start(repairs.run)
+    nursery.start_soon(scrubber.run)
+
+    api_host, api_port = split_hostport(config.api.listen)
+    api_listeners = await open_listeners(api_host, api_port)
+    tracker: Tracker | None = None
+    tracker_port = zdb_port = None
+    if config.tracker.enabled:
+        tracker = Tracker(interval=config.tracker.interval_s)
+        host, port = split_hostport(config.tracker.listen)
+        tracker_port = await nursery.start(partial(serve_http, tracker.handle, host, port))
+    if config.rfs.zdb_listen:
+        from ..zos.zdbproxy import serve_zdb_proxy  # the zos extra
+
+        host, port = split_hostport(config.rfs.zdb_listen)
+        zdb_port = await nursery.start(serve_zdb_proxy, datapath.chunk, datapath.holds, host, port)
+    warmer = _warmer(config, manifests, jobs, cache, me) if config.warm.official else None
+    ports = Ports(bound_port(api_listeners), swarm.listen_port if swarm else None, tracker_port, zdb_port)
+    agent = Agent(
+        config, cache, hub, swarm, stats, arrivals, datapath, manifests, jobs, repairs, scrubber, warmer, tracker, ports
+    )
+
+    api = Api(
+        ApiServices(
+            datapath,
+            jobs,
+            manifests,
+            cache,
+            stats,
+            status=partial(agent_status, agent),
+            metrics=lambda: render_prometheus(stats, partial(gauges, agent)),
+            fill=agent.fill,
+            token=config.api.token,
+        )
+    )
+    limits = ServerLimits(max_body_bytes=MAX_BODY)
+    await nursery.start(partial(serve_listeners, api.handle, api_listeners, limits=limits))
+    await manifests.load_known()
+    if warmer is not None:
+        nursery.start_soon(_run_warmer, warmer, config, hub)
+    return agent
+
+
+def _fetch_params(config: Config) -> FetchParams:
+    fetch = config.fetch
+    return FetchParams(
+        discovery_grace_s=fetch.discovery_grace_s,
+        hot_deadline_s=fetch.hot_deadline_s,
+        owner_stall_s=fetch.owner_stall_s,
+        peer_floor_bps=fetch.peer_floor_bps,
+        peer_floor_window_s=fetch.peer_floor_window_s,
+        hub_slots=fetch.hub_slots,
+    )
+
+
+def _warmer(config: Config, manifests: ManifestBook, jobs: JobTable, cache: ChunkCache, me: Any) -> Warmer:
+    official = config.warm.official_file
+    settings = WarmSettings(
+        list_path=Path(official) if official else shipped_list("official.toml"),
+        trusted=trusted_keys(config),
+        refresh_s=config.warm.refresh_s,
+        max_start_delay_s=config.warm.max_start_delay_s,
+    )
+
+    async def unpin(manifest_id: str) -> None:
+        await trio.to_thread.run_sync(cache.set_manifest_pin, manifest_id, Pin.NONE)
+
+    return Warmer(
+        settings,
+        resolve=manifests.resolve,
+        fetch=lambda ref, pin, hub: jobs.start(ref, pin=pin, hub=hub),
+        unpin=unpin,
+        me=me,
+    )
+
+
+async def _run_warmer(warmer: Warmer, config: Config, hub: HubClient) -> None:
+    """The warmer fetches with its own hub client: its own (low) budget, apart from on-demand reads."""
+    async with HubClient(
+        config.agent.hub,
+        concurrency=4,
+        timeout=config.fetch.hub_timeout_s,
+        rate_bps=config.warm.hub_rate_bps or None,
+    ) as warm_hub:
+        await warmer.run(warm_hub)
+
+
+__all__ = ["Agent", "Ports", "Source", "identity", "open_agent"]

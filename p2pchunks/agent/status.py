@@ -1,0 +1,63 @@
+"""The status document (``GET /status``, ``p2pchunks status``) and the gauges ``/metrics`` adds to the counters.
+
+Owns what an operator sees of a running agent, read from its services at the moment of asking; changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from .jobs import job_json
+
+if TYPE_CHECKING:
+    from .root import Agent
+
+
+def gauges(agent: Agent) -> dict[str, float]:
+    usage = agent.cache.usage()
+    swarm = agent.swarm
+    return {
+        "cache_bytes": usage.bytes,
+        "cache_chunks": usage.chunks,
+        "cache_budget_bytes": usage.budget_bytes,
+        "cache_damaged_found": agent.cache.damaged_found,
+        "torrents": len(swarm.torrents) if swarm else 0,
+        "peers_connected": sum(t.status().num_peers for t in swarm.torrents.values()) if swarm else 0,
+        "peers_refused": len(swarm.blocked) if swarm else 0,
+        "jobs_running": agent.jobs.running(),
+        "scrub_passes": agent.scrubber.progress.passes,
+        "scrub_checked_bytes": agent.scrubber.progress.checked_bytes,
+    }
+
+
+def agent_status(agent: Agent) -> dict[str, Any]:
+    """What ``GET /status`` answers."""
+    warmer = agent.warmer
+    return {
+        "mode": agent.config.agent.mode,
+        "hub": agent.config.agent.hub,
+        "swarm_port": agent.ports.swarm,
+        "api_port": agent.ports.api,
+        "stats": agent.stats.as_json(),
+        "gauges": gauges(agent),
+        "integrity": {
+            "damaged_found": agent.cache.damaged_found,
+            "repaired": agent.repairs.repaired,
+            "repair_failed": agent.repairs.failed,
+            "scrub": dataclasses.asdict(agent.scrubber.progress),
+        },
+        "manifests": [
+            {"id": m.manifest_id, "name": m.name, "version": m.version, "bytes": m.image_bytes}
+            for m in agent.manifests.known.values()
+        ],
+        "jobs": [job_json(job) for job in agent.jobs.all()],
+        "warm": None
+        if warmer is None
+        else {
+            "passes": warmer.passes,
+            "held": warmer.held,
+            "version": warmer.warmed_version,
+            "errors": list(warmer.errors)[-10:],
+        },
+    }

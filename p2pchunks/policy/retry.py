@@ -1,0 +1,76 @@
+"""When to ask the hub again for a chunk it failed to deliver, and when to stop asking.
+
+Owns the rules that make every fetch end. A hub failure of one chunk (timeout, refusal, wrong bytes) is retried
+after a short backoff that doubles per failure but never exceeds ``max_backoff_s`` (one second by default), so a
+hub that comes back is asked again within about a second. A chunk is *hopeless* once no peer holds it and either
+the hub said definitively that it has no such chunk (``ChunkNotFound``) or the hub has failed for it for
+``give_up_s`` in a row: the job then fails, naming the chunks and the last error of each, instead of waiting for
+its hour-long timeout. Pure: chunk ids, errors as text and times in, decisions out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class _Record:
+    first_at: float
+    last_at: float
+    failures: int
+    error: str
+    definitive: bool
+
+
+@dataclass
+class HubRetries:
+    give_up_s: float = 30.0
+    base_backoff_s: float = 0.25
+    max_backoff_s: float = 1.0
+    _records: dict[str, _Record] = field(default_factory=dict)
+
+    def failed(self, chunk_id: str, now: float, error: str, *, definitive: bool = False) -> None:
+        record = self._records.get(chunk_id)
+        if record is None:
+            self._records[chunk_id] = _Record(now, now, 1, error, definitive)
+        else:
+            record.last_at, record.error = now, error
+            record.failures += 1
+            record.definitive |= definitive
+
+    def succeeded(self, chunk_id: str) -> None:
+        self._records.pop(chunk_id, None)
+
+    def ready(self, chunk_id: str, now: float) -> bool:
+        """May the hub be asked for ``chunk_id`` now?"""
+        record = self._records.get(chunk_id)
+        if record is None:
+            return True
+        if record.definitive:
+            return False
+        backoff = min(self.max_backoff_s, self.base_backoff_s * 2.0 ** (record.failures - 1))
+        return now >= record.last_at + backoff
+
+    def hopeless(self, pending: Iterable[str], now: float, held_by_peers: Callable[[str], bool]) -> dict[str, str]:
+        """``chunk id → why`` for the pending chunks no source can deliver any more."""
+        out: dict[str, str] = {}
+        for chunk_id in pending:
+            record = self._records.get(chunk_id)
+            if record is None or held_by_peers(chunk_id):
+                continue
+            if record.definitive:
+                out[chunk_id] = f"the hub has no such chunk ({record.error})"
+            elif now - record.first_at >= self.give_up_s:
+                out[chunk_id] = (
+                    f"no peer has it and the hub failed {record.failures} times in {now - record.first_at:.0f} s "
+                    f"(last: {record.error})"
+                )
+        return out
+
+
+def describe_missing(hopeless: dict[str, str], *, most: int = 5) -> str:
+    """One line naming the missing chunks (the first ``most``) and why."""
+    shown = "; ".join(f"{chunk_id}: {why}" for chunk_id, why in list(hopeless.items())[:most])
+    more = f" (and {len(hopeless) - most} more)" if len(hopeless) > most else ""
+    return f"{len(hopeless)} chunks cannot be fetched — {shown}{more}"
