@@ -158,7 +158,38 @@ async def fetch_beside(victim: Agent, image: Image, *peers: tuple[str, int]) -> 
 
 
 def banned(agent: Agent, ip: str) -> bool:
-    return agent.stats.peers_banned > 0 or any(who == ip for _, who in (agent.swarm.banned if agent.swarm else []))
+    return agent.stats.peers_banned > 0 or (agent.swarm is not None and ip in agent.swarm.blocked)
+
+
+async def test_a_liar_is_refused_for_a_while_not_banned_again_every_second_and_leaves_no_stray_files(
+    tmp_path: Path,
+) -> None:
+    """The only peer lies and the hub is gone: the job ends with a clear error, the liar is refused by address (a
+    reconnect from a new port is not a fresh peer), and the half-written chunk files are removed."""
+    image = make_image(tmp_path, mib=1, seed=6)
+    manifest = image.manifest
+    good = hub_bytes(tmp_path / "hub", manifest)
+    config = agent_config(
+        tmp_path, "http://127.0.0.1:1/", name="victim",
+        fetch={"discovery_grace_s": 0.5, "give_up_s": 6.0, "hot_deadline_s": 0.5, "owner_stall_s": 1.0},
+    )
+    async with (
+        open_liar(manifest, good, tmp_path / "liar", flipped) as (liar_ip, liar_port, _),
+        agents([config]) as (victim,),
+    ):
+        job = await victim.fetch(str(image.path))
+        assert victim.swarm is not None
+        victim.swarm.torrents[manifest.infohash or ""].connect(liar_ip, liar_port)
+        with trio.fail_after(DEADLINE):
+            await job.done.wait()
+        assert job.state == "failed"
+        assert "cannot be fetched" in job.error
+        assert liar_ip in victim.swarm.blocked
+        assert 1 <= victim.stats.peers_banned <= 2, "banned once, then refused: no ban every second"
+        await trio.sleep(3.0)  # the sweep after a failed job runs twice, 2 s apart
+        indexed = {entry.chunk_id for entry in victim.cache.entries()}
+        on_disk = {path.name for path in victim.cache.chunk_dir.rglob("*") if path.is_file()}
+        assert on_disk == indexed, "no stray chunk file is left behind"
 
 
 @pytest.mark.parametrize("poison", list(POISONS), ids=list(POISONS))

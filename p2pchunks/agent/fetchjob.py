@@ -125,8 +125,12 @@ class FetchJob:
         self._hot = frozenset(manifest.hot)
         self._consumed: set[str] = set()
         self._kept: set[str] = set()
-        self._active: list[str] = []
+        self._window: list[str] = []
         self._pushed: tuple[bool, int, str] | None = None
+        self._dirty = False
+        """The window or the hot phase may have changed since ``_slide`` last ran."""
+        self._delivering: set[str] = set()
+        self._hub_freed = False
         self.report = FetchReport(manifest.manifest_id, manifest.name, len(self._order), manifest.image_bytes)
 
     # ---- the consumer's side (streaming) --------------------------------------------------------------------------
@@ -138,6 +142,7 @@ class FetchJob:
             if self._window_bytes is not None:
                 self._kept.discard(chunk_id)
                 self._release([chunk_id])
+                self._dirty = True
 
     # ---- the run --------------------------------------------------------------------------------------------------
 
@@ -150,25 +155,33 @@ class FetchJob:
                 report.from_cache = len(self._order) - len(pending)
                 report.arrival_order.extend(c for c in self._order if c not in pending)
                 self._slide(pending)
+                failure: JobFailed | None = None
+                next_look = self._clock()
                 async with trio.open_nursery() as nursery:
                     while pending:
                         now = self._clock()
-                        self._pick(pending, now - start, now, nursery)
-                        hopeless = self._retries.hopeless(pending, now, self._held_by_peers)
-                        if hopeless:
-                            raise JobFailed(f"fetch of {self.manifest.name}: {describe_missing(hopeless)}",
-                                            tuple(hopeless))
-                        with trio.move_on_after(self._tick):
+                        if now >= next_look or self._hub_freed:
+                            # The look reads libtorrent and walks every pending chunk: once a tick, or as soon as a
+                            # hub slot frees up, not once per arrival.
+                            next_look, self._hub_freed = now + self._tick, False
+                            self._pick(pending, now - start, now, nursery)
+                            failure = self._hopeless(pending, now)
+                            if failure is not None:
+                                break
+                        with trio.move_on_at(next_look):
                             self._note(await arrivals.receive(), pending)
                         while True:
                             try:
                                 self._note(arrivals.receive_nowait(), pending)
                             except trio.WouldBlock:
                                 break
-                        self._slide(pending)
+                        if self._dirty:
+                            self._slide(pending)
                         if report.hot_seconds is None and self._hot.isdisjoint(pending):
                             report.hot_seconds = self._clock() - start
                     nursery.cancel_scope.cancel()
+                if failure is not None:
+                    raise failure
         finally:
             self._release(list(self._kept))
             self._kept.clear()
@@ -177,12 +190,23 @@ class FetchJob:
             report.hot_seconds = report.seconds
         return report
 
+    def _hopeless(self, pending: dict[str, None], now: float) -> JobFailed | None:
+        hopeless = self._retries.hopeless(pending, now, self._held_by_peers)
+        if not hopeless:
+            return None
+        message = (
+            f"fetch of {self.manifest.name} failed with {len(pending)} of {len(self._order)} chunks missing: "
+            f"{describe_missing(hopeless)}"
+        )
+        return JobFailed(message, tuple(pending))
+
     def _slide(self, pending: dict[str, None]) -> None:
-        """Recompute the chunks being fetched now (``_active``), keep them from eviction, tell libtorrent.
+        """Recompute the chunks being fetched now (the window), keep them from eviction, tell libtorrent.
 
         Hot chunks first: until they are in, peers are asked for nothing else (libtorrent's priorities only bias
         its picker and it requests a whole pipeline at once, so the rest waits at priority 0).
         """
+        self._dirty = False
         budget = self._window_bytes
         window: list[str] = []
         for chunk_id in self._order:
@@ -198,8 +222,8 @@ class FetchJob:
         if entering:
             self._kept.update(entering)
             self._protect(entering)
-        self._active = [chunk_id for chunk_id in window if chunk_id in pending]
-        hot_phase = any(chunk_id in self._hot for chunk_id in self._active)
+        self._window = window
+        hot_phase = any(chunk_id in self._hot and chunk_id in pending for chunk_id in window)
         key = (hot_phase, len(window), window[-1] if window else "")
         if self._torrent is not None and key != self._pushed:
             self._pushed = key
@@ -229,8 +253,8 @@ class FetchJob:
 
     def _pick(self, pending: dict[str, None], elapsed: float, now: float, nursery: trio.Nursery) -> None:
         self._last = self._reading()
-        window = set(self._active) if self._window_bytes is not None else None
-        candidates = [c for c in pending if (window is None or c in window) and self._retries.ready(c, now)]
+        scope: Iterable[str] = pending if self._window_bytes is None else (c for c in self._window if c in pending)
+        candidates = [c for c in scope if self._retries.ready(c, now)]
         view, wanted = self._keeper.look(
             self._last,
             candidates,
@@ -240,6 +264,7 @@ class FetchJob:
             now=now,
             elapsed_s=elapsed,
             hub_inflight=frozenset(self._inflight),
+            delivering=frozenset(self._delivering),
         )
         for pick in pick_hub_chunks(wanted, view, self._params):
             log.debug("%s: hub %s (%s) elapsed %.2f", view.me, pick.chunk_id[:8], pick.reason.name, elapsed)
@@ -252,6 +277,8 @@ class FetchJob:
             return
         del pending[arrival.chunk_id]
         self._retries.succeeded(arrival.chunk_id)
+        if arrival.chunk_id in self._hot:
+            self._dirty = True
         report = self.report
         report.arrival_order.append(arrival.chunk_id)
         if arrival.source is Source.HUB:
@@ -267,13 +294,20 @@ class FetchJob:
         chunk_id = pick.chunk_id
         try:
             data = await self._hub.get_chunk(chunk_id)
-            await self._deliver(chunk_id, data, Source.HUB)
         except ChunkNotFound as error:
             self._failed(chunk_id, f"hub has no {chunk_id}: {error}", definitive=True)
+            return
         except (HubError, ChunkCorrupt) as error:
             self._failed(chunk_id, f"hub failed for {chunk_id}: {error}", definitive=False)
+            return
         finally:
             self._inflight.discard(chunk_id)
+            self._hub_freed = True
+        self._delivering.add(chunk_id)  # the slot is free; the chunk is not picked again while it goes in
+        try:
+            await self._deliver(chunk_id, data, Source.HUB)
+        finally:
+            self._delivering.discard(chunk_id)
 
     def _failed(self, chunk_id: str, message: str, *, definitive: bool) -> None:
         log.warning("%s: %s", self.manifest.name, message)

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 HISTORY = 100
 """Finished jobs remembered (running ones are always kept)."""
+ABANDON_SETTLE_S = 2.0
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Job:
     streaming: bool = False
     done: trio.Event = field(default_factory=trio.Event)
     fetch: FetchJob | None = None
+    torrent: TorrentLike | None = None
 
     @property
     def report(self) -> FetchReport | None:
@@ -71,6 +73,7 @@ class JobTable:
         resolve: Callable[[str], Awaitable[Manifest]],
         remember: Callable[[Manifest, Pin], Awaitable[None]],
         join: Callable[[Manifest], Awaitable[TorrentLike | None]],
+        sweep: Callable[[TorrentLike], Awaitable[object]],
         missing: Callable[[Sequence[str]], Awaitable[list[str]]],
         deliver: Callable[[str, bytes, Source], Awaitable[None]],
         me: Callable[[], str],
@@ -84,6 +87,7 @@ class JobTable:
         self._resolve = resolve
         self._remember = remember
         self._join = join
+        self._sweep = sweep
         self._missing = missing
         self._deliver = deliver
         self._me = me
@@ -121,6 +125,7 @@ class JobTable:
         self._jobs[job.id] = job
         self._forget_old()
         torrent = await self._join(manifest)
+        job.torrent = torrent
         job.fetch = FetchJob(
             manifest,
             hub=hub or self._hub,
@@ -172,6 +177,17 @@ class JobTable:
             self._stats.chunks_from_cache += job.fetch.report.from_cache
             self._stats.hub_reasons.update(job.fetch.report.hub_reasons)
             job.done.set()
+        if job.state == "failed" and job.torrent is not None:
+            await self._abandon(job.torrent)
+
+    async def _abandon(self, torrent: TorrentLike) -> None:
+        """After a failed job: libtorrent stops fetching its chunks, and the partial files go (twice: blocks that
+        were in flight can still land a moment later)."""
+        torrent.set_priorities([0] * torrent.pieces)
+        with trio.CancelScope(shield=True):
+            await self._sweep(torrent)
+            await trio.sleep(ABANDON_SETTLE_S)
+            await self._sweep(torrent)
 
     def _forget_old(self) -> None:
         finished = [job_id for job_id, job in self._jobs.items() if job.state != "running"]

@@ -5,13 +5,14 @@ Owns the reactions to libtorrent's news and the cache's changes, in both directi
 * a piece libtorrent completed (from a peer, or bytes we injected from the hub) becomes a file at its chunk path
   once libtorrent wrote it back (``piece_finished`` only says the piece passed its hash: the keeper asks for a
   flush, one per torrent at a time, covering every piece finished meanwhile); then it is hashed against its chunk
-  id, made durable and indexed (``adopt``) — never read into memory whole, never written twice. A piece the cache already held is re-hashed instead (a peer's in-flight blocks can land in
-  a file after the piece was handed over): damage is dropped and fetched again. The ``piece_finished`` alerts that
-  libtorrent sends for every piece handed over as already had when a torrent is added are no news and ignored;
+  id, made durable and indexed (``adopt``) — never read into memory whole, never written twice. A piece the
+  cache already held is re-hashed instead (a peer's in-flight blocks can land in a file after the piece was handed
+  over): damage is dropped and fetched again. The ``piece_finished`` alerts that libtorrent sends for every piece
+  handed over as already had when a torrent is added are no news and ignored;
 * a chunk that leaves the cache (evicted, or found damaged) leaves its torrents: they are added again with what
   the cache holds now (libtorrent cannot forget a piece otherwise), after a short pause that batches a burst;
 * after libtorrent dropped alerts, every torrent is compared with the cache and what libtorrent completed
-  unseen is adopted;
+  unseen is adopted (through a flush); after a failed job, the partial files of its torrent are swept away;
 * a peer libtorrent bans for corrupt data is refused by address for a while (``policy/bans.py``), so it is not
   banned again every second from a new port;
 * joining a manifest to the swarm, with what the cache holds as its have set (one query, in a worker thread).
@@ -28,7 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from ..cache.store import ChunkCache
-from ..errors import ChunkCorrupt, ChunkNotFound, P2PChunksError
+from ..errors import ChunkNotFound, P2PChunksError
 from ..formats.manifest import Manifest
 from ..policy.bans import BanBook
 from ..swarm import alerts
@@ -43,6 +44,8 @@ Arrived = Callable[..., None]
 Refetch = Callable[[str], Awaitable[object]]
 RELOAD_PAUSE_S = 0.2
 FLUSH_RETRY_S = 2.0
+BATCH = 16
+"""Pieces adopted together: one worker-thread hop and one index transaction for all of them."""
 
 
 class PieceKeeper:
@@ -143,8 +146,9 @@ class PieceKeeper:
             torrent = self._swarm.torrents.get(event.infohash)
             if torrent is None:
                 return
-            for piece in sorted(pieces):
-                nursery.start_soon(self._take, torrent, piece)
+            ordered = sorted(pieces)
+            for start in range(0, len(ordered), BATCH):
+                nursery.start_soon(self._take, torrent, ordered[start : start + BATCH])
             self._flush(torrent)
         elif isinstance(event, alerts.HashFailed):
             self._stats.corrupt_from_peers += 1
@@ -182,41 +186,60 @@ class PieceKeeper:
                     self._finished.setdefault(infohash, set()).update(pieces)
                     self._flush(torrent)
 
-    async def _take(self, torrent: Torrent, piece: int) -> None:
-        """libtorrent completed ``piece``: index its file (or re-check it, if the cache had it already)."""
-        chunk_id = torrent.chunk_of(piece)
-        source = Source.HUB if piece in torrent.injected else Source.PEERS
+    async def _take(self, torrent: Torrent, pieces: list[int]) -> None:
+        """libtorrent completed and wrote back ``pieces``: index their files (re-check those the cache had)."""
+        ids = [torrent.chunk_of(piece) for piece in pieces]
+        manifest = torrent.manifest
         async with self._disk:
-            try:
-                if await trio.to_thread.run_sync(self._cache.has, chunk_id):
-                    if not await trio.to_thread.run_sync(self._cache.verify, chunk_id):
-                        self._stats.cache_repairs += 1
-                        log.warning("chunk %s: its file was damaged by a peer's in-flight blocks", chunk_id)
-                        await self._refetch(chunk_id)
-                    return
-                fresh = await trio.to_thread.run_sync(
-                    lambda: self._cache.adopt(chunk_id, manifest_id=torrent.manifest.manifest_id)
-                )
-            except ChunkCorrupt:
+            held = await trio.to_thread.run_sync(self._cache.held, ids)
+            new = [chunk_id for chunk_id in ids if chunk_id not in held]
+            outcome = await trio.to_thread.run_sync(
+                lambda: self._cache.adopt_many(new, manifest_id=manifest.manifest_id)
+            )
+            damaged = await trio.to_thread.run_sync(lambda: [c for c in held if not self._still_intact(c)])
+        for chunk_id in damaged:
+            self._stats.cache_repairs += 1
+            log.warning("chunk %s: its file was damaged by a peer's in-flight blocks: fetching it again", chunk_id)
+            with contextlib.suppress(P2PChunksError):
+                await self._refetch(chunk_id)
+        for piece, chunk_id in zip(pieces, ids, strict=True):
+            result = outcome.get(chunk_id)
+            if result in ("fresh", "held"):
+                source = Source.HUB if piece in torrent.injected else Source.PEERS
+                self._arrived(chunk_id, source, manifest.chunk_size_of(chunk_id), fresh=result == "fresh")
+            elif result == "corrupt":
                 self._stats.corrupt_from_peers += 1
                 log.error("piece for %s passed libtorrent's hash but not its chunk id: manifest %s is inconsistent",
-                          chunk_id, torrent.manifest.name)
-                return
-            except ChunkNotFound:
-                return  # evicted or removed meanwhile
-            except P2PChunksError as error:
-                log.warning("chunk %s could not be taken into the cache: %s", chunk_id, error)
-                return
-        self._arrived(chunk_id, source, torrent.manifest.chunk_size_of(chunk_id), fresh=fresh)
+                          chunk_id, manifest.name)
+
+    def _still_intact(self, chunk_id: str) -> bool:
+        try:
+            return self._cache.verify(chunk_id)
+        except ChunkNotFound:  # evicted meanwhile
+            return True
 
     async def resync(self) -> None:
-        """Adopt what libtorrent completed without telling us (its alerts were dropped)."""
+        """Adopt what libtorrent completed without telling us (its alerts were dropped): through a flush."""
         for torrent in list(self._swarm.torrents.values()):
             have = torrent.have()
             held = await trio.to_thread.run_sync(self._cache.held, torrent.manifest.piece_ids)
-            for piece, done in enumerate(have):
-                if done and torrent.chunk_of(piece) not in held:
-                    await self._take(torrent, piece)
+            unseen = {piece for piece, done in enumerate(have) if done and torrent.chunk_of(piece) not in held}
+            if unseen:
+                log.info("torrent %s: %d pieces completed unseen: adopting them", torrent.manifest.name, len(unseen))
+                self._finished.setdefault(torrent.infohash, set()).update(unseen)
+                self._flush(torrent)
+
+    async def sweep(self, torrent: Torrent) -> int:
+        """Delete the files of this torrent's chunks that neither the cache nor libtorrent holds (what failed pieces
+        and abandoned downloads leave behind); the number deleted."""
+        have = torrent.have()
+        held = await trio.to_thread.run_sync(self._cache.held, torrent.manifest.piece_ids)
+        ids = torrent.manifest.piece_ids
+        loose = [chunk for piece, chunk in enumerate(ids) if not have[piece] and chunk not in held]
+        removed = await trio.to_thread.run_sync(lambda: sum(map(self._cache.remove_stray, loose)))
+        if removed:
+            log.info("torrent %s: %d partial chunk files removed", torrent.manifest.name, removed)
+        return int(removed)
 
     async def _unban_loop(self) -> None:
         while True:

@@ -26,6 +26,8 @@ class Repairs:
         self._send, self._receive = trio.open_memory_channel[str](10_000)
         self._token: trio.lowlevel.TrioToken | None = None
         self._busy: set[str] = set()
+        self.ready = trio.Event()
+        """Set once the agent knows its manifests: damage found before (at start-up) waits for it."""
         self.repaired = 0
         self.failed = 0
 
@@ -45,6 +47,7 @@ class Repairs:
         limiter = trio.CapacityLimiter(CONCURRENCY)
         async with trio.open_nursery() as nursery:
             task_status.started()
+            await self.ready.wait()
             async for chunk_id in self._receive:
                 if chunk_id not in self._busy and self._needed(chunk_id):
                     self._busy.add(chunk_id)

@@ -154,9 +154,6 @@ async def open_agent(config: Config, *, swarm: bool | None = None) -> AsyncItera
         )
     )
     try:
-        report = await trio.to_thread.run_sync(cache.reconcile)
-        if report.removed_files or report.dropped_rows or report.rehashed:
-            log.info("cache reconciled: %s", report)
         hub_client = HubClient(
             config.agent.hub,
             concurrency=fetch.hub_concurrency,
@@ -212,6 +209,10 @@ async def _build(
     async def join(manifest: Manifest) -> Any:
         return await keeper.join(manifest) if keeper is not None else None
 
+    async def sweep(torrent: Any) -> None:
+        if keeper is not None:
+            await keeper.sweep(torrent)
+
     jobs = JobTable(
         nursery,
         cache,
@@ -220,6 +221,7 @@ async def _build(
         resolve=manifests.resolve,
         remember=lambda manifest, pin: manifests.remember(manifest, pin=pin),
         join=join,
+        sweep=sweep,
         missing=datapath.missing,
         deliver=datapath.deliver,
         me=me,
@@ -232,6 +234,9 @@ async def _build(
         await nursery.start(keeper.run)
     await nursery.start(repairs.run)
     nursery.start_soon(scrubber.run)
+    report = await trio.to_thread.run_sync(cache.reconcile)  # damage it finds reaches the repairs
+    if report.removed_files or report.dropped_rows or report.rehashed:
+        log.info("cache reconciled: %s", report)
 
     api_host, api_port = split_hostport(config.api.listen)
     api_listeners = await open_listeners(api_host, api_port)
@@ -268,6 +273,7 @@ async def _build(
     limits = ServerLimits(max_body_bytes=MAX_BODY)
     await nursery.start(partial(serve_listeners, api.handle, api_listeners, limits=limits))
     await manifests.load_known()
+    repairs.ready.set()
     if warmer is not None:
         nursery.start_soon(_run_warmer, warmer, config, hub)
     return agent

@@ -113,6 +113,19 @@ class CacheIndex:
             self._ref(manifest_id, chunk_id)
         return bool(fresh)
 
+    def add_many(self, rows: Sequence[tuple[str, int, str]], at: float, manifest_id: str | None) -> list[str]:
+        """Index ``(id, size, stamp)`` rows in one transaction; the ids that were new."""
+        fresh: list[str] = []
+        with self._db:
+            for chunk_id, size, stamp in rows:
+                added = self._db.execute(
+                    "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)", (chunk_id, size, at, at, stamp)
+                ).rowcount
+                if added:
+                    fresh.append(chunk_id)
+                self._ref(manifest_id, chunk_id)
+        return fresh
+
     def ref(self, manifest_id: str | None, chunk_id: str) -> None:
         """Record that a known manifest references ``chunk_id`` (unknown manifests are ignored)."""
         with self._db:

@@ -104,10 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default="")
 
     p = sub.add_parser("bench", help="benchmarks")
-    p.add_argument("what", choices=["cache", "fill", "load"])
+    p.add_argument("what", choices=["cache", "fill", "load", "memory", "ingest"])
     p.add_argument("--chunks", type=int, default=256, help="cache: chunks of 1 MiB")
     p.add_argument("--clients", type=int, help="cache: readers (default 4); load: concurrent API clients (200)")
-    p.add_argument("--image-mib", type=int, default=1024, help="fill: image size")
+    p.add_argument("--image-mib", type=int, default=None, help="fill: image size (1024); ingest: (512)")
+    p.add_argument("--cache-mib", type=int, nargs="+", default=[256, 2048], help="memory: cache sizes to compare")
+    p.add_argument("--manifests", type=int, default=8, help="memory: images the cache holds")
+    p.add_argument("--workdir", type=Path, default=None, help="memory, ingest: where the caches go (temp dir)")
     p.add_argument("--latency-ms", type=float, default=50.0, help="fill: hub latency")
     p.add_argument("--seconds", type=float, default=10.0, help="load: duration")
     return parser
@@ -171,7 +174,15 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         if args.what == "fill":
             from ..bench.fill import bench_fill
 
-            return trio.run(bench_fill, args.image_mib, args.latency_ms)
+            return trio.run(bench_fill, args.image_mib or 1024, args.latency_ms)
+        if args.what == "memory":
+            from ..bench.memory import bench_memory
+
+            return trio.run(bench_memory, args.cache_mib, args.manifests, args.workdir)
+        if args.what == "ingest":
+            from ..bench.ingest import bench_ingest
+
+            return trio.run(bench_ingest, args.image_mib or 512, args.workdir)
         if args.what == "load":
             from ..bench.load import bench_load
 

@@ -33,7 +33,8 @@ MIN_BODY_BPS = 1024
 """A body must arrive at least this fast on average (after ``timeout`` of grace): a hub that trickles bytes just
 inside the read timeout cannot hold a request slot for ever. Far below any real share of a busy hub."""
 MAX_BACKOFF = 10.0
-VERIFY_IN_THREAD_BYTES = 1024 * 1024
+VERIFY_IN_THREAD_BYTES = 64 * 1024
+"""Hashing a bigger answer blocks the event loop for long enough that a worker thread (GIL released) is cheaper."""
 _ABSOLUTE_URL = re.compile(r"\Ahttps?://", re.IGNORECASE)
 
 

@@ -85,6 +85,9 @@ class View:
     elapsed_s: float
     stalled: frozenset[str] = frozenset()
     hub_inflight: frozenset[str] = frozenset()
+    """Chunks requested from the hub and not answered yet: each holds one of the job's hub slots."""
+    delivering: frozenset[str] = frozenset()
+    """Chunks the hub answered, on their way into the cache: not picked again, and holding no slot."""
     slow_for_s: float = 0.0
     """How long the payload rate from peers has been below the floor while chunks were wanted."""
     stable_for_s: float = float("inf")
@@ -129,7 +132,7 @@ def pick_hub_chunks(wanted: Iterable[Wanted], view: View, params: FetchParams) -
     settled = view.stable_for_s >= params.settle_s
     picks: list[HubPick] = []
     for chunk in sorted(wanted, key=lambda w: w.rank):
-        if chunk.chunk_id in view.hub_inflight:
+        if chunk.chunk_id in view.hub_inflight or chunk.chunk_id in view.delivering:
             continue
         reason = _reason(chunk, view, alone=alone, peers_slow=peers_slow, hot_late=hot_late, settled=settled)
         if reason is not None:

@@ -64,6 +64,7 @@ class ViewKeeper:
         now: float,
         elapsed_s: float,
         hub_inflight: frozenset[str],
+        delivering: frozenset[str] = frozenset(),
     ) -> tuple[View, list[Wanted]]:
         """The policy's view and the chunks still wanted (``reading`` None: no torrent, the hub alone)."""
         candidates = {self.me}
@@ -96,6 +97,7 @@ class ViewKeeper:
             elapsed_s=elapsed_s,
             stalled=stalled,
             hub_inflight=hub_inflight,
+            delivering=delivering,
             slow_for_s=0.0 if self._slow_since is None else now - self._slow_since,
             stable_for_s=now - self._stable_since,
         )
