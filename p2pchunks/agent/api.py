@@ -6,7 +6,8 @@ Listens on loopback by default; on any other address it refuses to start without
     GET  /chunks/<id>            the chunk's bytes (cache, else peers, else hub)    HEAD: 200 if cached, else 404
     POST /fetch  {"manifest": ref, "wait": false}   fetch a whole image: 202 {"job": id} (200 + report if wait)
     POST /warm   {"manifest": ref, "pin": "official"|"user"|"none"}                 same, pinned
-    POST /fill   {"manifest": ref}      fill the node's rfs cache with the image's plaintext (waits; the report)
+    POST /fill   {"manifest": ref, "quota_bytes": n}   fill the node's rfs cache with the image's plaintext
+                                 (waits; the report); the quota, if given, lowers rfs.quota_bytes for this fill
     GET  /jobs/<n>               a job's progress and report
     GET  /manifests/<ref>        a known manifest (bencoded)
     GET  /cache?limit=N          cache entries (JSON);  POST /cache/pin|unpin {"chunk"|"manifest", "pin"}
@@ -69,7 +70,7 @@ class Api:
         if parts == ["status"] and method == "GET":
             return json_response(200, agent_status(self.agent))
         if parts == ["metrics"] and method == "GET":
-            body = render_prometheus(self.agent.stats, self.agent.gauges)
+            body = render_prometheus(self.agent.stats, self.agent.gauges, self.agent.hub.health)
             return Response(200, [("content-type", "text/plain; version=0.0.4")], body)
         if parts in (["fetch"], ["warm"]) and method == "POST":
             return await self._fetch(_json_body(request), warm=parts[0] == "warm")
@@ -112,7 +113,10 @@ class Api:
 
     async def _fill(self, body: dict[str, Any]) -> Response:
         ref = _manifest_ref(body)
-        report = await self.agent.fill(ref)
+        quota = body.get("quota_bytes")
+        if quota is not None and (not isinstance(quota, int) or isinstance(quota, bool) or quota < 0):
+            raise BadManifest(f'"quota_bytes" must be a whole number of bytes ≥ 0, got {quota!r}')
+        report = await self.agent.fill(ref, quota_bytes=quota)
         return json_response(200, dataclasses.asdict(report))
 
     def _job(self, raw: str) -> Response:
@@ -268,7 +272,8 @@ def agent_status(agent: Agent) -> dict[str, Any]:
     """What ``GET /status`` answers."""
     return {
         "mode": agent.config.agent.mode,
-        "hub": agent.config.agent.hub,
+        "hub": agent.hub.url,
+        "hubs": agent.hub.health(),
         "swarm_port": agent.swarm.listen_port if agent.swarm else None,
         "api_port": agent.api_port,
         "stats": agent.stats.as_json(),

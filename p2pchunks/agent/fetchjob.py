@@ -20,7 +20,7 @@ import trio
 
 from ..errors import ChunkCorrupt, ChunkNotFound, HubError
 from ..formats.manifest import Manifest
-from ..hub.client import HubClient
+from ..hub.client import Hub
 from ..policy.eviction import Pin
 from ..policy.fetch import FetchParams, HubPick, StallTracker, View, Wanted, owner_of, pick_hub_chunks
 from ..swarm.session import Torrent
@@ -103,7 +103,7 @@ class FetchJob:
         self,
         manifest: Manifest,
         *,
-        hub: HubClient,
+        hub: Hub,
         torrent: Torrent | None,
         arrivals: Arrivals,
         missing: Missing,

@@ -22,7 +22,8 @@ from ..errors import BadConfig, ChunkCorrupt, ChunkNotFound, ChunkUnavailable, H
 from ..formats.manifest import Manifest
 from ..formats.seedlist import shipped_list
 from ..http.server import serve_http
-from ..hub.client import HubClient
+from ..hub.client import Hub
+from ..hub.pool import HubPool
 from ..ids import validate_chunk_id
 from ..policy.eviction import Pin
 from ..policy.fetch import FetchParams
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 class Agent:
     """A running agent. Create with :func:`open_agent`."""
 
-    def __init__(self, config: Config, cache: ChunkCache, hub: HubClient, nursery: trio.Nursery) -> None:
+    def __init__(self, config: Config, cache: ChunkCache, hub: HubPool, nursery: trio.Nursery) -> None:
         self.config = config
         self.cache = cache
         self.hub = hub
@@ -56,6 +57,7 @@ class Agent:
         self.warmer: Warmer | None = None
         self.fills: list[FillReport] = []
         self.zdb_port = 0
+        self.rfs_http_port = 0
         self._nursery = nursery
         self._inflight: dict[str, trio.Event] = {}
         self._disk = trio.CapacityLimiter(4)
@@ -226,14 +228,18 @@ class Agent:
     async def holds(self, chunk_id: str) -> bool:
         return bool(await trio.to_thread.run_sync(self.cache.has, chunk_id))
 
-    async def fill(self, ref: str) -> FillReport:
+    async def fill(self, ref: str, *, quota_bytes: int | None = None) -> FillReport:
         """Deploy-time fill of the node's rfs cache: the whole image, in file order, in parallel, ahead of rfs's
-        sequential reader; the swarm job fetches everything meanwhile, so most blobs come from peers."""
-        directory = self.config.rfs.cache_dir
-        if not directory:
+        sequential reader; the swarm job fetches everything meanwhile, so most blobs come from peers.
+        ``quota_bytes``: this fill's quota on the cache (the smaller of it and ``rfs.quota_bytes`` applies)."""
+        rfs = self.config.rfs
+        if not rfs.cache_dir:
             raise BadConfig("rfs.cache_dir is not set: there is no rfs cache to fill")
+        quotas = [q for q in (rfs.quota_bytes or None, quota_bytes) if q is not None]
         job = await self.fetch(ref)
-        filler = RfsCacheFiller(Path(directory))
+        filler = RfsCacheFiller(
+            Path(rfs.cache_dir), quota_bytes=min(quotas) if quotas else None, min_free_bytes=rfs.min_free_bytes
+        )
 
         async def from_job(chunk_id: str) -> bytes:
             """The job's copy (peers first, the hub as its policy says); on demand only if the job ended without it."""
@@ -256,7 +262,7 @@ class Agent:
 
     # ---- jobs -------------------------------------------------------------------------------------------------
 
-    async def fetch(self, ref: str, *, pin: Pin = Pin.NONE, hub: HubClient | None = None) -> Job:
+    async def fetch(self, ref: str, *, pin: Pin = Pin.NONE, hub: Hub | None = None) -> Job:
         """Start fetching a whole manifest in the background; the returned job's ``done`` fires at the end.
 
         ``hub``: another hub client (the warmer's, with its own budget) for this job.
@@ -271,7 +277,7 @@ class Agent:
         self._nursery.start_soon(self._run_job, job, hub or self.hub)
         return job
 
-    async def _run_job(self, job: Job, hub: HubClient) -> None:
+    async def _run_job(self, job: Job, hub: Hub) -> None:
         torrent = self._join(job.manifest, download=False)  # the job sets the priorities: hot chunks first
         fetch_job = FetchJob(
             job.manifest,
@@ -338,7 +344,7 @@ async def open_agent(config: Config, *, swarm: bool | None = None) -> AsyncItera
             log.info("cache reconciled: %s", report)
         fetch = config.fetch
         async with (
-            HubClient(
+            HubPool(
                 config.agent.hub,
                 concurrency=fetch.hub_concurrency,
                 timeout=fetch.hub_timeout_s,
@@ -363,6 +369,11 @@ async def open_agent(config: Config, *, swarm: bool | None = None) -> AsyncItera
 
                 host, port = split_hostport(config.rfs.zdb_listen)
                 agent.zdb_port = await nursery.start(serve_zdb_proxy, agent.blob, agent.holds, host, port)
+            if config.rfs.http_listen:
+                from ..zos.rfsproxy import serve_rfs_store
+
+                host, port = split_hostport(config.rfs.http_listen)
+                agent.rfs_http_port = await nursery.start(serve_rfs_store, agent.chunk, agent.holds, host, port)
             if config.warm.official:
                 official = config.warm.official_file
                 list_path = Path(official) if official else shipped_list("official.toml")

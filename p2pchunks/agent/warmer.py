@@ -16,7 +16,8 @@ import trio
 from ..errors import BadManifest, P2PChunksError
 from ..formats.seedlist import BootstrapList, ListInForce, OfficialList
 from ..formats.signing import TrustedKeys
-from ..hub.client import HubClient
+from ..hub.client import Hub
+from ..hub.pool import HubPool
 from ..policy.eviction import Pin
 from ..policy.warmup import plan_warm, start_delay
 
@@ -38,7 +39,7 @@ class Warmer:
 
     async def run(self) -> None:
         config = self.agent.config.warm
-        hub = HubClient(
+        hub = HubPool(
             self.agent.config.agent.hub,
             concurrency=4,
             timeout=self.agent.config.fetch.hub_timeout_s,
@@ -49,7 +50,7 @@ class Warmer:
                 await self.refresh(hub)
                 await trio.sleep(config.refresh_s)
 
-    async def refresh(self, hub: HubClient) -> None:
+    async def refresh(self, hub: Hub) -> None:
         """One pass: check the list, wait the start delay for a new version, warm what changed."""
         listed: OfficialList | BootstrapList | None
         try:
