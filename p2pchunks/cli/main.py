@@ -88,15 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import-flist", help="turn a zos flist (.fl or .flist) into a manifest (fetches every blob)")
     p.add_argument("flist", help="a .fl/.flist file or an http(s) URL")
-    p.add_argument("--hub", required=True, help="where the blobs are: zdb://host:port/ns or http://reference-hub/")
+    p.add_argument(
+        "--hub",
+        action="append",
+        help="where the blobs are (repeat for mirrors): zdb://HOST:PORT/NS, server://http/HOST:PORT, "
+        "rfs+http://HOST/PATH or a p2pchunks hub http://HOST:PORT/; default: the stores the flist names",
+    )
     p.add_argument("--out", type=Path, required=True, help="a hub root: blobs in chunks/, the manifest in manifests/")
     p.add_argument("--name")
     p.add_argument("--version", default="1")
 
-    p = sub.add_parser("rewrite-flist", help="point a flist at the agent's zdb proxy (copy; the source is kept)")
+    p = sub.add_parser("rewrite-flist", help="point a flist at the agent's proxy (copy; the source is kept)")
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
-    p.add_argument("--zdb", required=True, help="HOST:PORT[/NAMESPACE] of the zdb proxy")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--zdb", help="HOST:PORT[/NAMESPACE] of the zdb proxy (rfs.zdb_listen)")
+    where.add_argument(
+        "--store", help="an rfs store URL for the route, e.g. http://HOST:PORT or server://http/HOST:PORT (.fl only)"
+    )
 
     p = sub.add_parser("rfs-fill", help="fill the node's rfs cache with an image, ahead of the VM's reads")
     p.add_argument("manifest")
@@ -158,10 +167,14 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         print(manifest.manifest_id)
         return 0
     if command == "rewrite-flist":
-        from ..zos.flistrewrite import rewrite_flist
+        from ..zos.flistrewrite import rewrite_flist, rewrite_flist_store
 
-        version = rewrite_flist(args.src, args.dst, args.zdb)
-        print(f"{args.dst}: v{version} flist now reads from zdb://{args.zdb}")
+        if args.zdb:
+            shown = args.zdb if args.zdb.startswith("zdb://") else f"zdb://{args.zdb}"
+            version, target = rewrite_flist(args.src, args.dst, args.zdb), shown
+        else:
+            version, target = rewrite_flist_store(args.src, args.dst, args.store), args.store
+        print(f"{args.dst}: v{version} flist now reads from {target}")
         return 0
     if command in ("fetch", "status", "cache", "rfs-fill"):
         from . import client
