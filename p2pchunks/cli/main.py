@@ -107,10 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--store", help="an rfs store URL for the route, e.g. http://HOST:PORT or server://http/HOST:PORT (.fl only)"
     )
 
-    p = sub.add_parser("rfs-fill", help="fill the node's rfs cache with an image, ahead of the VM's reads")
-    p.add_argument("manifest")
+    p = sub.add_parser("rfs-fill", help="fill the node's rfs cache (rfs.cache_dir) with an image, ahead of the VM")
+    p.add_argument("manifest", help="manifest name, id, .p2p path or URL")
     p.add_argument("--api", default="http://127.0.0.1:7760")
     p.add_argument("--token", default="")
+    p.add_argument("--quota", help="e.g. 20GiB: most bytes the rfs cache may hold (lowers rfs.quota_bytes)")
+    p.add_argument(
+        "--timeout", type=float, default=7200.0, help="seconds to wait for the agent to finish (default: twice the default fetch.job_timeout_s; 0: no limit)"
+    )
 
     p = sub.add_parser("bench", help="benchmarks")
     p.add_argument("what", choices=["cache", "fill", "load"])
@@ -131,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(_dispatch(args) or 0)
     except P2PChunksError as error:
-        print(f"p2pchunks: {error}", file=sys.stderr)
+        print(f"p2pchunks: {str(error) or type(error).__name__}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
