@@ -79,8 +79,8 @@ def free_port() -> int:
 # --- urls -------------------------------------------------------------------------------------------------------
 
 URLS = [
-    ("zdb://hub.grid.tf:9900/default", ZdbAddress("hub.grid.tf", 9900, "default")),
-    ("zdb://hub.grid.tf", ZdbAddress("hub.grid.tf", 9900, "default")),
+    ("zdb://hub.threefold.me:9900/default", ZdbAddress("hub.threefold.me", 9900, "default")),
+    ("zdb://hub.threefold.me", ZdbAddress("hub.threefold.me", 9900, "default")),
     ("zdb://127.0.0.1:1234/ns", ZdbAddress("127.0.0.1", 1234, "ns")),
     ("zdb://user:s%40cret@h/ns/", ZdbAddress("h", 9900, "ns", "s@cret")),
     ("zdb://[::1]:9901/x", ZdbAddress("::1", 9901, "x")),

@@ -151,9 +151,10 @@ async def test_rewritten_flist_leads_to_every_blob_through_the_proxy(
     hub_root = tmp_path / "hub"
     flist = tmp_path / ("image.fl" if kind == "v2" else "image.flist")
     if kind == "v2":
-        blobs = write_fl(src, flist, hub_root, route_url="zdb://hub.grid.tf:9900/default", chunk_size=4096)
+        blobs = write_fl(src, flist, hub_root, route_url="zdb://hub.threefold.me:9900/default", chunk_size=4096)
     else:
-        blobs = write_flist_v1(src, flist, hub_root, backend={"host": "hub.grid.tf", "port": 9900}, chunk_size=4096)
+        backend = {"host": "hub.threefold.me", "port": 9900}
+        blobs = write_flist_v1(src, flist, hub_root, backend=backend, chunk_size=4096)
     agent = FakeAgent({blob.id: blob.data for blob in blobs}, cached=set())
     port = await nursery.start(serve_zdb_proxy, agent.get_blob, agent.has, "127.0.0.1", 0)
     proxied = tmp_path / ("proxied.fl" if kind == "v2" else "proxied.flist")
