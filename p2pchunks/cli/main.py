@@ -1,7 +1,9 @@
 """The ``p2pchunks`` command: argument parsing and printing only; every action lives in its own module.
 
-Commands that talk to a running agent (``fetch``, ``status``, ``cache``) use its local API (``--api``, default
-from the config). Errors of the p2pchunks hierarchy are printed as one line and exit with status 1.
+Commands that talk to a running agent (``fetch``, ``status``, ``cache``, ``rfs-fill``) use its local API
+(``--api``; default ``http://`` + ``P2PCHUNKS_API_LISTEN``, the variable that also moves the agent's API, else
+``127.0.0.1:7760``, the config's default). Errors of the p2pchunks hierarchy are printed as one line and exit
+with status 1.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -20,7 +23,14 @@ import trio
 from ..errors import P2PChunksError
 
 
+def default_api() -> str:
+    """The agent's API as the agent itself would listen without a config file: ``P2PCHUNKS_API_LISTEN`` or the
+    default ``api.listen``."""
+    return "http://" + (os.environ.get("P2PCHUNKS_API_LISTEN", "").strip() or "127.0.0.1:7760")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    api = default_api()
     parser = argparse.ArgumentParser(prog="p2pchunks", description="Peer-to-peer chunk sharing for Zero-OS nodes")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -63,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("status", "the agent's status"),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--api", default="http://127.0.0.1:7760", help="the agent's local API")
+        p.add_argument("--api", default=api, help=f"the agent's local API (default {api})")
         p.add_argument("--token", default="")
         if name == "fetch":
             p.add_argument("manifest", help="manifest name, id, .p2p path or URL")
@@ -72,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("cache", help="inspect and manage the agent's cache")
-    p.add_argument("--api", default="http://127.0.0.1:7760")
+    p.add_argument("--api", default=api)
     p.add_argument("--token", default="")
     cache_sub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
     s = cache_sub.add_parser("ls")
@@ -109,11 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rfs-fill", help="fill the node's rfs cache (rfs.cache_dir) with an image, ahead of the VM")
     p.add_argument("manifest", help="manifest name, id, .p2p path or URL")
-    p.add_argument("--api", default="http://127.0.0.1:7760")
+    p.add_argument("--api", default=api)
     p.add_argument("--token", default="")
     p.add_argument("--quota", help="e.g. 20GiB: most bytes the rfs cache may hold (lowers rfs.quota_bytes)")
     p.add_argument(
-        "--timeout", type=float, default=7200.0, help="seconds to wait for the agent to finish (default: twice the default fetch.job_timeout_s; 0: no limit)"
+        "--timeout",
+        type=float,
+        default=7200.0,
+        help="seconds to wait for the agent to finish (default: twice fetch.job_timeout_s's default; 0: no limit)",
     )
 
     p = sub.add_parser("bench", help="benchmarks")
