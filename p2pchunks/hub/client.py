@@ -198,6 +198,8 @@ def redact(url: str) -> str:
     if parts.password:
         netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
     query = re.sub(r"(?i)(\A|&)(token=)[^&]*", r"\1\2***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
     return parts._replace(netloc=netloc, query=query).geturl()
 
 

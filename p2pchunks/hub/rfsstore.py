@@ -49,7 +49,7 @@ def rfs_server_base(url: str) -> str:
     parts = urlsplit(url)
     scheme = parts.netloc.lower()
     rest = parts.path.lstrip("/")
-    if parts.scheme.lower() != "server" or scheme not in SERVER_SCHEMES or not rest or rest.startswith("/"):
+    if parts.scheme.lower() != "server" or scheme not in SERVER_SCHEMES or not rest:
         raise BadConfig(f"rfs server store {redact(url)!r}: want server://http/HOST[:PORT][/PATH] (or https)")
     return f"{scheme}://{rest}"
 
