@@ -130,9 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("bench", help="benchmarks")
-    p.add_argument("what", choices=["cache", "fill", "load"])
-    p.add_argument("--chunks", type=int, default=256, help="cache: chunks of 1 MiB")
-    p.add_argument("--clients", type=int, help="cache: readers (default 4); load: concurrent API clients (200)")
+    p.add_argument("what", choices=["cache", "fill", "load", "proxy"])
+    p.add_argument("--chunks", type=int, default=256, help="cache: chunks of 1 MiB; proxy: blocks of 512 KiB")
+    p.add_argument(
+        "--clients", type=int, help="cache, proxy: readers (default 4); load: concurrent API clients (200)"
+    )
     p.add_argument("--image-mib", type=int, default=1024, help="fill: image size")
     p.add_argument("--latency-ms", type=float, default=50.0, help="fill: hub latency")
     p.add_argument("--seconds", type=float, default=10.0, help="load: duration")
@@ -202,6 +204,10 @@ def _dispatch(args: argparse.Namespace) -> int | None:
             from ..bench.fill import bench_fill
 
             return trio.run(bench_fill, args.image_mib, args.latency_ms)
+        if args.what == "proxy":
+            from ..bench.proxy import bench_proxy
+
+            return trio.run(bench_proxy, args.chunks, args.clients or 4)
         if args.what == "load":
             from ..bench.load import bench_load
 
