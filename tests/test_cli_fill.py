@@ -53,6 +53,10 @@ async def test_quota_and_a_corrupt_block(tmp_path: Path, capsys: pytest.CaptureF
             assert report["written"] == report["chunks"] - 1
             assert f"block {victim} not filled" in err
             assert "failed verification" in err
+            assert await run_cli("status", "--api", api) == 0
+            table = capsys.readouterr().out
+            assert "hub zdb://127.0.0.1" in table
+            assert "errors" in table
 
 
 async def test_a_slow_or_failing_agent_is_named(nursery: trio.Nursery, capsys: pytest.CaptureFixture[str]) -> None:

@@ -186,6 +186,9 @@ async def _status(http: httpx.AsyncClient, *, as_json: bool) -> int:
         ("corrupt (peers / hub)", f"{stats['corrupt_from_peers']} / {stats['corrupt_from_hub']}"),
         ("banned peers", str(stats["peers_banned"])),
     ]
+    for hub in status.get("hubs", []):
+        state = hub["state"] if hub["state"] == "up" else f"down (retry in {hub['retry_in_s']:.0f} s)"
+        rows.append((f"hub {hub['url']}", f"{state}, {_mib(hub['bytes'])}, {hub['errors']} errors"))
     for row in rows:
         table.add_row(*row)
     console.print(table)
