@@ -273,8 +273,6 @@ def _from_env(value: _EnvValue, hint: Any, where: str) -> Any:
 def _validate(section: Any, name: str) -> None:
     if isinstance(section, AgentSection) and section.mode not in ("node", "seed"):
         raise BadConfig(f"agent.mode must be 'node' or 'seed', got {section.mode!r}")
-    if isinstance(section, AgentSection) and not section.hub:
-        raise BadConfig("agent.hub must name at least one hub")
     if isinstance(section, CacheSection):
         if not 0 < section.low_watermark <= section.high_watermark <= 1:
             raise BadConfig("cache watermarks need 0 < low_watermark <= high_watermark <= 1")
