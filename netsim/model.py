@@ -27,7 +27,8 @@ Assumptions (each a simplification of what the agents do; see ``p2pchunks/fetch.
 * **Churn.** A node stops at ``leave_s``: its upload is gone, and so are the bytes only it held, estimated with
   independent uniform holdings: ``A ← A · cov(stayers) / cov(all)``, ``cov(S) = 1 - Π_S (1 - b/A)``. The hub then
   sends those bytes again. A node that leaves unfinished has no completion time.
-* **Outages.** During a ``hub.down`` window the hub sends nothing; peers go on with what the swarm holds.
+* **Outages.** During a ``hub.down`` window that hub sends nothing (the hubs that are up share their rates; with
+  every hub down, peers go on with what the swarm holds).
 """
 
 from __future__ import annotations
@@ -209,7 +210,7 @@ def _initial_step(topo: Topology, params: ModelParams, per_node_hub: float) -> f
         lower_bound_s(topo),
         size / per_node_hub,
         max(topo.start_times()),
-        max((end for _, end in topo.hub.down), default=0.0),
+        max((end for _, end in topo.hub_outages()), default=0.0),
         1e-3,
     )
     return scale / params.steps
@@ -252,9 +253,9 @@ def predict(topo: Topology, params: ModelParams = ModelParams()) -> Prediction:
         room = np.minimum(need, cls.down * dt)
         reach = _reachable(cls, active, held, swarm) if topo.swarm else 0.0
         hub: Floats = np.zeros_like(held)
-        if not topo.hub.is_down(t):
+        if not topo.hubs_down(t):
             cap = np.minimum(room, per_node_hub * dt)
-            budget = topo.hub.rate_bps * dt
+            budget = topo.hub_rate_bps(t) * dt
             if topo.swarm:
                 cap, budget = _hub_swarm(cap, cls, held, swarm, reach, budget, size)
             hub = waterfill(cap, cls.count, budget)

@@ -27,6 +27,7 @@ import httpx
 import trio
 
 from p2pchunks.cache.store import ChunkCache
+from p2pchunks.errors import BadConfig
 from p2pchunks.hub.publish import publish
 
 from .backends import Backend, LoopbackBackend, free_port
@@ -87,7 +88,7 @@ def node_config(
     topo: Topology,
     node: NodeSpec,
     address: str,
-    hub_url: str,
+    hub_url: str | list[str],
     work: Path,
     seeds: list[str],
     extra: dict[str, dict[str, Any]] | None = None,
@@ -152,8 +153,9 @@ class Run:
         self.node_extra = node_extra
         self.work = options.workdir
         self.nodes = [NodeRun(spec, self.backend.address(spec)) for spec in topo.nodes]
-        self.hub_process: subprocess.Popen[bytes] | None = None
-        self.hub_url = ""
+        self.hub_processes: list[subprocess.Popen[bytes]] = []
+        self.hub_urls: list[str] = []
+        """``topo.hubs`` in order: the first is ``hub_url``, the rest its mirrors (same root)."""
         self.image_bytes = 0
         self.image_names: list[str] = []
         self.hub_stats: dict[str, Any] = {}
@@ -183,32 +185,41 @@ class Run:
     def _python(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "p2pchunks", *args]
 
+    @property
+    def hub_url(self) -> str:
+        return self.hub_urls[0]
+
     def start_hub(self) -> None:
-        hub = self.topo.hub
-        port = free_port(self.backend.hub_address) if isinstance(self.backend, LoopbackBackend) else HUB_PORT
-        argv = self._python(
-            "hub",
-            "serve",
-            "--root",
-            str(self.work / "hub"),
-            "--listen",
-            f"{self.backend.hub_address}:{port}",
-            "--latency-ms",
-            str(hub.latency_ms),
-        )
-        if hub.rate_mbps is not None:
-            argv += ["--rate-mbps", str(hub.rate_mbps)]
-        self.hub_process = self.backend.spawn(None, argv, self.work / "logs" / "hub.log")
-        self.hub_url = f"http://{self.backend.hub_address}:{port}/"
+        loopback = isinstance(self.backend, LoopbackBackend)
+        if self.topo.mirrors and not loopback:
+            raise BadConfig("hub mirrors run on the loopback backend only (the netns lab forwards one hub port)")
+        for i, hub in enumerate(self.topo.hubs):
+            port = free_port(self.backend.hub_address) if loopback else HUB_PORT
+            address = f"{self.backend.hub_address}:{port}"
+            argv = self._python("hub", "serve", "--root", str(self.work / "hub"), "--listen", address)
+            argv += ["--latency-ms", str(hub.latency_ms)]
+            if hub.rate_mbps is not None:
+                argv += ["--rate-mbps", str(hub.rate_mbps)]
+            log = self.work / "logs" / ("hub.log" if i == 0 else f"hub{i}.log")
+            self.hub_processes.append(self.backend.spawn(None, argv, log))
+            self.hub_urls.append(f"http://{address}/")
+
+    async def hub_totals(self, http: httpx.AsyncClient) -> dict[str, Any]:
+        """Every hub's ``_stats``, summed: bytes and requests add up, the peak is the highest."""
+        each = [(await http.get(f"{url}_stats")).json() for url in self.hub_urls]
+        return {
+            "total_bytes": sum(stats["total_bytes"] for stats in each),
+            "peak_inflight": max(stats.get("peak_inflight") or 0 for stats in each),
+            "bytes_by_hub": [stats["total_bytes"] for stats in each],
+        }
 
     def start_node(self, node: NodeRun) -> None:
         seeds = [n.address for n in self.nodes if n.spec.role == "seed"]  # a seed announces to its own tracker
         extra = self.node_extra(node.spec) if self.node_extra else None
         config = self.work / "nodes" / f"{node.spec.name}.toml"
         routers = [self.nodes[0].address]
-        config.write_text(
-            node_config(self.topo, node.spec, node.address, self.hub_url, self.work, seeds, extra, routers)
-        )
+        hubs = self.hub_urls if len(self.hub_urls) > 1 else self.hub_url
+        config.write_text(node_config(self.topo, node.spec, node.address, hubs, self.work, seeds, extra, routers))
         command = "seed" if node.spec.role == "seed" else "agent"
         node.process = self.backend.spawn(
             node.spec.name, self._python(command, "--config", str(config)), self.work / "logs" / f"{node.spec.name}.log"
@@ -234,19 +245,22 @@ class Run:
             await trio.to_thread.run_sync(self.prepare)
             self.start_hub()
             async with httpx.AsyncClient(timeout=30.0, transport=self.backend.http_transport()) as http:
-                await self.wait_ready(http, f"{self.hub_url}_stats", "hub")
+                for url in self.hub_urls:
+                    await self.wait_ready(http, f"{url}_stats", "hub")
                 await self._prefill_seeds(http)
                 await self._boot_nodes(http)
-                await http.post(f"{self.hub_url}_stats/reset")
+                for url in self.hub_urls:
+                    await http.post(f"{url}_stats/reset")
                 start = trio.current_time()
                 with trio.fail_after(self.options.deadline_s):
                     async with trio.open_nursery() as nursery:
                         for node, offset in zip(self.nodes, self.topo.start_times(), strict=True):
                             if node.spec.role != "seed":
                                 nursery.start_soon(self._drive_node, http, node, start, start + offset)
-                        nursery.start_soon(self._outages, http, start)
+                        for url, hub in zip(self.hub_urls, self.topo.hubs, strict=True):
+                            nursery.start_soon(self._outages, http, url, hub.down, start)
                         nursery.start_soon(self._sample, http, start, nursery.cancel_scope)
-                self.hub_stats = (await http.get(f"{self.hub_url}_stats")).json()
+                self.hub_stats = await self.hub_totals(http)
         finally:
             self.stop_all()
         corrupt = await trio.to_thread.run_sync(self.verify_caches)
@@ -335,17 +349,19 @@ class Run:
             self.options.events.append((at, f"{node.spec.name} left"))
             scope.cancel()
 
-    async def _outages(self, http: httpx.AsyncClient, start: float) -> None:
-        for down, up in self.topo.hub.down:
+    async def _outages(
+        self, http: httpx.AsyncClient, url: str, windows: tuple[tuple[float, float], ...], start: float
+    ) -> None:
+        for down, up in windows:
             await trio.sleep_until(start + down)
-            await http.post(f"{self.hub_url}_admin/down")
+            await http.post(f"{url}_admin/down")
             await trio.sleep_until(start + up)
-            await http.post(f"{self.hub_url}_admin/up")
+            await http.post(f"{url}_admin/up")
 
     async def _sample(self, http: httpx.AsyncClient, start: float, scope: trio.CancelScope) -> None:
         fetching = [n for n in self.nodes if n.spec.role != "seed"]
         while True:
-            stats = (await http.get(f"{self.hub_url}_stats")).json()
+            stats = await self.hub_totals(http)
             done = sum(1 for n in fetching if n.done_s is not None)
             self.timeline.append((trio.current_time() - start, done, stats["total_bytes"]))
             if all(n.done_s is not None or n.left or n.error for n in fetching):
@@ -357,8 +373,7 @@ class Run:
 
     def stop_all(self) -> None:
         processes = [n.process for n in self.nodes if n.process is not None]
-        if self.hub_process is not None:
-            processes.append(self.hub_process)
+        processes += self.hub_processes
         for process in processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -396,6 +411,7 @@ class Run:
             "hub_bytes": int(self.hub_stats.get("total_bytes", 0)),
             "hub_ratio": round(self.hub_stats.get("total_bytes", 0) / image_bytes, 3) if image_bytes else None,
             "hub_peak_inflight": self.hub_stats.get("peak_inflight"),
+            "hub_bytes_by_hub": self.hub_stats.get("bytes_by_hub", []),
             "peer_bytes": sum(n.bytes_from_peers for n in fetching),
             "per_node_done_s": [None if n.done_s is None else round(n.done_s, 3) for n in fetching],
             "last_node_done_s": None if last is None else round(last, 3),

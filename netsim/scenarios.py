@@ -3,7 +3,7 @@
 ``farm-deploy``  N nodes fetch one image at once (the swarm).
 ``hub-only``     the same farm with the swarm off: what zos does today.
 ``nat-behind-seed``  every node behind strict NAT (no inbound) plus one volunteer seed.
-``hub-outage``   the hub goes down for a window in the middle of the deploy.
+``hub-outage``   two hubs (mirrors): the one every node lists first is down for the whole run.
 ``churn``        a quarter of the nodes leave mid-deploy and as many fresh ones join.
 ``update-storm`` N nodes warm K official images after a release; staggered (``--stagger-s``) or not.
 """
@@ -50,15 +50,17 @@ def topology(name: str, knobs: Knobs) -> Topology:
         knobs.nodes + seeds, farms=knobs.farms, up_mbps=knobs.up_mbps, down_mbps=knobs.down_mbps, nat=nat, seeds=seeds
     )
     down: tuple[tuple[float, float], ...] = ()
-    if name == "hub-outage":
-        down = ((1.5, 6.0),)
+    mirrors: tuple[HubSpec, ...] = ()
+    if name == "hub-outage":  # every node lists the dead hub first
+        down = ((0.0, knobs.deadline_s),)
+        mirrors = (HubSpec(latency_ms=knobs.hub_latency_ms, rate_mbps=knobs.hub_mbps),)
     if name == "churn":
         nodes = churned(nodes)
     hub = HubSpec(latency_ms=knobs.hub_latency_ms, rate_mbps=knobs.hub_mbps, down=down)
     image = ImageSpec(size_mib=knobs.image_mib, chunk_kib=knobs.chunk_kib, count=knobs.images)
     # update-storm staggers inside the agents (each warms after its own start delay), not by joining late.
     stagger = 0.0 if name == "update-storm" else knobs.stagger_s
-    return Topology(hub=hub, nodes=nodes, image=image, swarm=name != "hub-only", stagger_s=stagger)
+    return Topology(hub=hub, nodes=nodes, image=image, swarm=name != "hub-only", stagger_s=stagger, mirrors=mirrors)
 
 
 def churned(nodes: tuple[NodeSpec, ...]) -> tuple[NodeSpec, ...]:

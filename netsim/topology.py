@@ -17,6 +17,8 @@ TOML shape (every key optional except ``image.size_mib`` and at least one node):
     rate_mbps = 200         # or "none"
     protocol = "http"       # or "zdb"
     down = [[10, 20]]       # outage windows
+    [[mirror]]              # more hubs serving the same root (nodes list them after [hub]); keys as [hub]
+    down = [[0, 900]]
     [image]
     size_mib = 256
     chunk_kib = 512
@@ -34,6 +36,7 @@ TOML shape (every key optional except ``image.size_mib`` and at least one node):
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import math
 import tomllib
 from collections.abc import Callable, Mapping
@@ -164,6 +167,25 @@ class Topology:
     image: ImageSpec
     swarm: bool = True
     stagger_s: float = 0
+    mirrors: tuple[HubSpec, ...] = ()
+    """More hubs serving the same root; every node lists ``hub`` first, then these, in its ``agent.hub``."""
+
+    @property
+    def hubs(self) -> tuple[HubSpec, ...]:
+        return (self.hub, *self.mirrors)
+
+    def hubs_down(self, t: float) -> bool:
+        """Every hub is down at ``t``."""
+        return all(hub.is_down(t) for hub in self.hubs)
+
+    def hub_rate_bps(self, t: float) -> float:
+        """What the hubs that are up at ``t`` can send together (bytes/s)."""
+        return sum(hub.rate_bps for hub in self.hubs if not hub.is_down(t))
+
+    def hub_outages(self) -> list[tuple[float, float]]:
+        """The windows during which every hub is down."""
+        edges = sorted({edge for hub in self.hubs for window in hub.down for edge in window})
+        return [(a, b) for a, b in itertools.pairwise(edges) if self.hubs_down((a + b) / 2)]
 
     def __post_init__(self) -> None:
         _check(len(self.nodes) > 0, "a topology needs at least one node")
@@ -330,6 +352,7 @@ _TOP = {
     "swarm": _boolean,
     "stagger_s": _number,
     "hub": lambda w, v: _table(w, v, _HUB),
+    "mirror": lambda w, v: v,
     "image": lambda w, v: _table(w, v, _IMAGE),
     "nodes": lambda w, v: _table(w, v, _GEN),
     "node": lambda w, v: v,
@@ -364,8 +387,12 @@ def topology_from_dict(raw: Mapping[str, object], where: str = "topology") -> To
             fields["address"] = next(spare)
         nodes.append(NodeSpec(**fields))
     hub = dict(top.get("hub", {}))
+    listed = top.get("mirror", [])
+    _check(isinstance(listed, list), f"{where}: 'mirror' must be an array of tables ([[mirror]])")
+    mirrors = tuple(HubSpec(**_table(f"mirror[{i}]", item, _HUB)) for i, item in enumerate(cast(list[object], listed)))
     return Topology(
         hub=HubSpec(**hub),
+        mirrors=mirrors,
         nodes=tuple(nodes),
         image=ImageSpec(**top["image"]),
         swarm=top.get("swarm", True),
@@ -404,7 +431,7 @@ def lower_bound_s(topo: Topology) -> float:
         (node, start) for node, start in zip(topo.nodes, starts, strict=True) if node.fetches and node.leave_s is None
     ]
     n = len(staying)
-    u_hub = topo.hub.rate_bps
+    u_hub = sum(hub.rate_bps for hub in topo.hubs)  # every hub, even one that is down: still a bound
     terms = [start + size / node.down_bps for node, start in staying]
     if topo.swarm:
         u_seeds = sum(node.up_bps for node in topo.nodes if not node.fetches)

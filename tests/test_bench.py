@@ -16,3 +16,13 @@ async def test_bench_cache_reports_every_figure(capsys: pytest.CaptureFixture[st
     assert figures["clients"] == 2
     for key in ("api_MBps", "cat_MBps", "api_to_cat_ratio", "publish_MBps", "agent_idle_rss_MiB"):
         assert figures[key] > 0, key
+
+
+async def test_bench_proxy_reads_every_block_three_ways(capsys: pytest.CaptureFixture[str]) -> None:
+    from p2pchunks.bench.proxy import bench_proxy
+
+    assert await bench_proxy(6, 2, chunk_kib=64) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert (figures["chunks"], figures["chunk_bytes"], figures["clients"]) == (6, 64 * 1024, 2)
+    for key in ("rfs_http_MBps", "rfs_server_MBps", "zdb_MBps", "rfs_http_to_zdb_ratio", "rfs_server_to_zdb_ratio"):
+        assert figures[key] > 0, key

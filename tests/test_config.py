@@ -81,3 +81,23 @@ def test_configuration_reference_is_current() -> None:
 
     current = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
     assert current == reference(), "regenerate: python -m p2pchunks.config.doc > docs/configuration.md"
+
+
+def test_hub_may_be_a_list(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[agent]\nhub = ["zdb://a:9900/default", "server://http/b:4000"]\n')
+    assert load_config(path, env={}).agent.hub == ["zdb://a:9900/default", "server://http/b:4000"]
+    env = {"P2PCHUNKS_AGENT_HUB": "zdb://a:9900/default, rfs+http://b/store"}
+    assert load_config(None, env=env).agent.hub == ["zdb://a:9900/default", "rfs+http://b/store"]
+    assert load_config(None, env={"P2PCHUNKS_AGENT_HUB": "zdb://a"}).agent.hub == "zdb://a"
+    for bad, message in (("[1]", "list of strings"), ("3", "agent.hub must be str")):
+        path.write_text(f"[agent]\nhub = {bad}\n")
+        with pytest.raises(BadConfig, match=message):
+            load_config(path, env={})
+
+
+def test_rfs_listeners_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[rfs]\nhttp_listen = "9920"\n')
+    with pytest.raises(BadConfig, match=r"rfs\.http_listen must be host:port"):
+        load_config(path, env={})

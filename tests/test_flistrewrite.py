@@ -44,7 +44,8 @@ def same_content(a: FlistImage, b: FlistImage) -> None:
 @pytest.fixture
 def v2(tmp_path: Path) -> Path:
     out = tmp_path / "image.fl"
-    write_fl(make_tree(tmp_path), out, tmp_path / "hub", route_url="zdb://hub.grid.tf:9900/default", chunk_size=CHUNK)
+    route = "zdb://hub.threefold.me:9900/default"
+    write_fl(make_tree(tmp_path), out, tmp_path / "hub", route_url=route, chunk_size=CHUNK)
     with closing(sqlite3.connect(out)) as db:  # a sharded flist: two routes
         db.execute("UPDATE route SET end = 127")
         db.execute("INSERT INTO route (start, end, url) VALUES (128, 255, 'zdb://other.hub:9900/x')")
@@ -55,7 +56,7 @@ def v2(tmp_path: Path) -> Path:
 @pytest.fixture
 def v1(tmp_path: Path) -> Path:
     out = tmp_path / "image.flist"
-    backend = {"host": "hub.grid.tf", "port": 9900, "namespace": "default", "password": "secret", "socket": None}
+    backend = {"host": "hub.threefold.me", "port": 9900, "namespace": "default", "password": "secret", "socket": None}
     write_flist_v1(make_tree(tmp_path), out, tmp_path / "hub", backend=backend, chunk_size=CHUNK)
     return out
 
@@ -82,7 +83,7 @@ def test_rewrite_flist_v1_replaces_backend(v1: Path, tmp_path: Path) -> None:
     assert digest(v1) == before
     original, rewritten = read_flist(v1), read_flist(dst)
     assert original.backend is not None
-    assert original.backend["host"] == "hub.grid.tf"
+    assert original.backend["host"] == "hub.threefold.me"
     assert rewritten.backend == {"host": "127.0.0.1", "port": 9910, "namespace": "hub"}  # password, socket dropped
     same_content(original, rewritten)
     with tarfile.open(dst, "r:gz") as tar:

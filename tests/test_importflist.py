@@ -51,10 +51,10 @@ def write(kind: str, tmp_path: Path) -> tuple[Path, Path]:
     src, hub_root = make_tree(tmp_path), tmp_path / "hub"
     if kind == "v2":
         flist = tmp_path / "my image.fl"
-        write_fl(src, flist, hub_root, route_url="zdb://hub.grid.tf:9900/default", chunk_size=CHUNK)
+        write_fl(src, flist, hub_root, route_url="zdb://hub.threefold.me:9900/default", chunk_size=CHUNK)
     else:
         flist = tmp_path / "my image.flist"
-        write_flist_v1(src, flist, hub_root, backend={"host": "hub.grid.tf", "port": 9900}, chunk_size=CHUNK)
+        write_flist_v1(src, flist, hub_root, backend={"host": "hub.threefold.me", "port": 9900}, chunk_size=CHUNK)
     return flist, hub_root
 
 
@@ -98,9 +98,9 @@ async def test_import_matches_the_flist(tmp_path: Path, kind: str, transport: st
         assert extra[b"version"] == image.version
         assert extra[b"hub"] == url.encode()
         if kind == "v2":
-            assert extra[b"routes"] == [[0, 255, b"zdb://hub.grid.tf:9900/default"]]
+            assert extra[b"routes"] == [[0, 255, b"zdb://hub.threefold.me:9900/default"]]
         else:
-            assert extra[b"backend"] == b'{"host": "hub.grid.tf", "port": 9900}'
+            assert extra[b"backend"] == b'{"host": "hub.threefold.me", "port": 9900}'
         # hot: the kernel and initrd, then the head of the disk image
         by_path = {entry.path: entry for entry in manifest.files}
         boot = [c.id for p in ("boot/initrd.img-6.1", "boot/vmlinuz-6.1") for c in by_path[p].chunks]
@@ -193,7 +193,7 @@ def test_pick_hot(files: list[FileEntry], limit: int, hot: list[int]) -> None:
     [
         ("/var/images/ubuntu-22.04.fl", "ubuntu-22.04"),
         ("zos.flist", "zos"),
-        ("https://hub.grid.tf/tf-official-apps/my%20app:latest.flist", "my-app-latest"),
+        ("https://hub.threefold.me/tf-official-apps/my%20app:latest.flist", "my-app-latest"),
         ("http://h/x/base.fl?token=1", "base"),
         ("relative/dir/image.tar.flist", "image.tar"),
     ],

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import httpx
 import trio
+import trio.lowlevel
 
 from p2pchunks.agent import Agent, open_agent
 from p2pchunks.hub.server import open_hub_server
@@ -95,7 +96,8 @@ async def test_a_job_with_no_source_left_fails_naming_the_chunks(tmp_path: Path)
         assert job.state == "failed"
         assert "cannot be fetched" in job.error
         assert f"{len(image.manifest.piece_ids)} chunks missing" in job.error
-        assert any(f"{chunk_id}: no peer has it and the hub failed" in job.error for chunk_id in image.manifest.piece_ids)
+        ids = image.manifest.piece_ids
+        assert any(f"{chunk_id}: no peer has it and the hub failed" in job.error for chunk_id in ids)
         async with api(a) as http:
             answer = (await http.get(f"/jobs/{job.id}")).json()
         assert answer["state"] == "failed"
@@ -128,8 +130,8 @@ async def test_evicted_chunks_leave_the_torrent_and_a_later_fetch_gets_them_agai
 
 async def test_pieces_completed_while_alerts_were_dropped_are_adopted(tmp_path: Path) -> None:
     """libtorrent may drop alerts when its queue overflows: the keeper then compares every torrent with the cache."""
-    from p2pchunks.agent.pieces import PieceKeeper
     from p2pchunks.agent.metrics import AgentStats
+    from p2pchunks.agent.pieces import PieceKeeper
     from p2pchunks.cache.store import ChunkCache
 
     image = make_image(tmp_path, mib=0.5)
@@ -141,12 +143,16 @@ async def test_pieces_completed_while_alerts_were_dropped_are_adopted(tmp_path: 
             send.send_nowait(event)
 
     arrived: list[str] = []
+
+    async def refetch(chunk_id: str) -> None:
+        raise AssertionError(f"no chunk is damaged here: {chunk_id}")
+
     settings = SwarmSettings(listen=f"{address()}:0", utp=False, dht=False, lsd=False)
     with ChunkCache(tmp_path / "cache", budget_bytes=2**30) as cache:
         async with open_swarm(settings, tmp_path / "cache", drop_piece_news) as swarm, trio.open_nursery() as nursery:
             keeper = PieceKeeper(
                 swarm, cache, receive, arrived=lambda chunk_id, *_, **__: arrived.append(chunk_id),
-                refetch=lambda chunk_id: trio.sleep(0), stats=AgentStats(), disk=trio.CapacityLimiter(2),
+                refetch=refetch, stats=AgentStats(), disk=trio.CapacityLimiter(2),
             )
             await nursery.start(keeper.run)
             torrent = await keeper.join(manifest)

@@ -161,3 +161,18 @@ def test_waterfill(cap: list[float], count: list[float], total: float, expected:
     got = waterfill(np.array(cap), np.array(count, dtype=np.float64), total)
     assert got.tolist() == pytest.approx(expected)
     assert float((got * np.array(count)).sum()) <= total + 1e-9
+
+
+def test_a_mirror_carries_the_deploy_while_the_first_hub_is_down() -> None:
+    """hub-outage's shape: the first hub down for the whole run, the mirror as fast as it was: same finish, same
+    hub bytes as one healthy hub; both down for a window: nothing from any hub then."""
+    healthy = predict(topo(farm(20), hub=HubSpec(rate_mbps=20)))
+    dead = HubSpec(rate_mbps=20, down=((0.0, 900.0),))
+    t = Topology(dead, farm(20), ImageSpec(64), mirrors=(HubSpec(rate_mbps=20),))
+    p = predict(t)
+    assert p.last_node_done_s == pytest.approx(healthy.last_node_done_s, rel=0.05)
+    assert p.hub_bytes == pytest.approx(t.image.total_bytes)
+    both = Topology(HubSpec(rate_mbps=20, down=((1.0, 5.0),)), farm(20), ImageSpec(64), mirrors=(dead,))
+    assert both.hub_outages() == [(1.0, 5.0)]
+    inside = [hub for time, _, hub, _ in predict(both).curve if 1.2 <= time <= 5.0]
+    assert inside[0] == inside[-1] > 0

@@ -262,3 +262,26 @@ def test_lower_bound_counts_every_image() -> None:
     three = Topology(hub=HubSpec(), nodes=farm(3), image=ImageSpec(10, count=3))
     assert lower_bound_s(three) == pytest.approx(3 * lower_bound_s(one))
     assert math.isfinite(lower_bound_s(three))
+
+
+def test_mirrors_from_toml_and_the_hub_outage_scenario(tmp_path: Path) -> None:
+    from netsim.scenarios import Knobs, topology
+
+    path = tmp_path / "t.toml"
+    path.write_text(
+        "[hub]\nrate_mbps = 100\ndown = [[0, 60]]\n[[mirror]]\nrate_mbps = 50\n[[mirror]]\nrate_mbps = 'none'\n"
+        "down = [[10, 20]]\n[image]\nsize_mib = 8\n[nodes]\nn = 2\n"
+    )
+    t = load_topology(path)
+    assert [hub.rate_mbps for hub in t.hubs] == [100, 50, None]
+    assert t.hubs_down(5) is False
+    assert t.hub_rate_bps(5) == math.inf
+    assert t.hub_rate_bps(15) == 50 * 1e6 / 8
+    assert t.hub_outages() == []
+    path.write_text("[mirror]\nrate_mbps = 1\n[image]\nsize_mib = 8\n[nodes]\nn = 2\n")
+    with pytest.raises(BadConfig, match=r"\[\[mirror\]\]"):
+        load_topology(path)
+    outage = topology("hub-outage", Knobs(deadline_s=300))
+    assert outage.hub.down == ((0.0, 300.0),)
+    assert len(outage.mirrors) == 1
+    assert outage.mirrors[0].down == ()

@@ -58,10 +58,10 @@ async def image(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     hub_root = tmp_path / "hub"
     if request.param == "v2":
         flist = tmp_path / "image.fl"
-        write_fl(src, flist, hub_root, route_url="zdb://hub.grid.tf:9900/default", chunk_size=CHUNK)
+        write_fl(src, flist, hub_root, route_url="zdb://hub.threefold.me:9900/default", chunk_size=CHUNK)
     else:
         flist = tmp_path / "image.flist"
-        backend = {"host": "hub.grid.tf", "port": 9900, "namespace": "default"}
+        backend = {"host": "hub.threefold.me", "port": 9900, "namespace": "default"}
         write_flist_v1(src, flist, hub_root, backend=backend, chunk_size=CHUNK)
     async with open_zdb_server(HubRootBackend(hub_root)) as (_, url):
         with trio.fail_after(LIMIT):

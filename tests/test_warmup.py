@@ -12,6 +12,7 @@ from p2pchunks.errors import BadManifest, BadSignature, StaleVersion
 from p2pchunks.formats.seedlist import (
     ListInForce,
     OfficialImage,
+    OfficialList,
     parse_bootstrap,
     parse_official,
     shipped_keys,
@@ -42,6 +43,18 @@ def test_shipped_lists_verify_against_shipped_keys() -> None:
     for kind in ("official", "bootstrap"):
         listed = ListInForce(kind, shipped_keys()).offer(shipped_list(f"{kind}.toml"))
         assert listed.version >= 1
+
+
+def test_both_release_keys_are_trusted_and_the_official_list_names_todays_hub() -> None:
+    keys_dir = Path(__file__).resolve().parent.parent / "p2pchunks" / "keys"
+    names = sorted(path.name for path in keys_dir.glob("*.pub"))
+    assert names == ["release-2026-11.pub", "release-2026-12.pub"]
+    assert not list(keys_dir.glob("*.key"))  # secrets never ship
+    december = TrustedKeys.from_hex([(keys_dir / "release-2026-12.pub").read_text().strip()])
+    listed = ListInForce("official", december).offer(shipped_list("official.toml"))  # re-signed with the new key
+    assert isinstance(listed, OfficialList)
+    assert listed.version == 2
+    assert all(image.flist.startswith("https://hub.threefold.me/") for image in listed.images)
 
 
 def test_a_bad_signature_or_an_older_version_is_refused_and_the_list_in_force_stays(

@@ -88,6 +88,32 @@ async def test_redis_py_speaks_to_the_proxy_as_to_a_zdb(proxy: tuple[FakeAgent, 
     assert agent.asked == [V2_ID, V1_ID, MISSING, DOWN]
 
 
+async def test_a_resp3_client_is_refused_as_0_db_refuses_it(proxy: tuple[FakeAgent, int]) -> None:
+    """redis-py 8 opens with ``HELLO 3``; 0-db answers any command it lacks with ``-Command not supported``, and so
+    does the proxy: the handshake fails the same way on both, and RESP2 (``protocol=2``) works."""
+    _, port = proxy
+
+    def resp3() -> str:
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            client.ping()
+        except redis.ResponseError as error:
+            return str(error)
+        finally:
+            client.close()
+        return "no error"
+
+    with trio.fail_after(LIMIT):
+        assert await trio.to_thread.run_sync(resp3) == "Command not supported"
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n*1\r\n$4\r\nPING\r\n")
+            received = b""
+            while received.count(b"\r\n") < 2:
+                received += await stream.receive_some(1024)
+    assert received == b"-Command not supported\r\n+PONG\r\n"  # and the session goes on
+
+
 async def test_backend_maps_keys_and_errors() -> None:
     agent = FakeAgent({V2_ID: V2_BLOB}, cached=set(), unavailable={DOWN})
     backend = AgentBackend(agent.get_blob, agent.has)
@@ -125,9 +151,10 @@ async def test_rewritten_flist_leads_to_every_blob_through_the_proxy(
     hub_root = tmp_path / "hub"
     flist = tmp_path / ("image.fl" if kind == "v2" else "image.flist")
     if kind == "v2":
-        blobs = write_fl(src, flist, hub_root, route_url="zdb://hub.grid.tf:9900/default", chunk_size=4096)
+        blobs = write_fl(src, flist, hub_root, route_url="zdb://hub.threefold.me:9900/default", chunk_size=4096)
     else:
-        blobs = write_flist_v1(src, flist, hub_root, backend={"host": "hub.grid.tf", "port": 9900}, chunk_size=4096)
+        backend = {"host": "hub.threefold.me", "port": 9900}
+        blobs = write_flist_v1(src, flist, hub_root, backend=backend, chunk_size=4096)
     agent = FakeAgent({blob.id: blob.data for blob in blobs}, cached=set())
     port = await nursery.start(serve_zdb_proxy, agent.get_blob, agent.has, "127.0.0.1", 0)
     proxied = tmp_path / ("proxied.fl" if kind == "v2" else "proxied.flist")

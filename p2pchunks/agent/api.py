@@ -7,7 +7,8 @@ Listens on loopback by default; on any other address it refuses to start without
                                  streaming job N has it now (it may leave the cache)    HEAD: 200 if cached, else 404
     POST /fetch  {"manifest": ref, "wait": false, "stream": false}   fetch a whole image: 202 {"job": id}
     POST /warm   {"manifest": ref, "pin": "official"|"user"|"none"}                 same, pinned
-    POST /fill   {"manifest": ref}      fill the node's rfs cache with the image's plaintext (waits; the report)
+    POST /fill   {"manifest": ref, "quota_bytes": n}   fill the node's rfs cache with the image's plaintext
+                                 (waits; the report); the quota, if given, lowers rfs.quota_bytes for this fill
     GET  /jobs/<n>[?since=K]     a job's progress and report (``since``: the chunks available from position K)
     GET  /manifests/<ref>        a known manifest (bencoded)
     GET  /cache?limit=N          cache entries (JSON);  POST /cache/pin|unpin {"chunk"|"manifest", "pin"}
@@ -55,7 +56,7 @@ class ApiServices:
     stats: AgentStats
     status: Callable[[], dict[str, Any]]
     metrics: Callable[[], bytes]
-    fill: Callable[[str], Awaitable[dict[str, Any]]]
+    fill: Callable[[str, int | None], Awaitable[dict[str, Any]]]
     token: str = ""
 
 
@@ -90,7 +91,7 @@ class Api:
         if parts in (["fetch"], ["warm"]) and method == "POST":
             return await self._fetch(_json_body(request), warm=parts[0] == "warm")
         if parts == ["fill"] and method == "POST":
-            return json_response(200, await self.s.fill(_manifest_ref(_json_body(request))))
+            return await self._fill(_json_body(request))
         if len(parts) == 2 and parts[0] == "jobs" and method == "GET":
             return self._job(parts[1], request)
         if len(parts) == 2 and parts[0] == "manifests" and method == "GET":
@@ -132,6 +133,13 @@ class Api:
             await job.done.wait()
             return json_response(200 if job.state == "done" else 502, job_json(job))
         return json_response(202, {"job": job.id, "manifest": job.manifest.manifest_id, "streaming": job.streaming})
+
+    async def _fill(self, body: dict[str, Any]) -> Response:
+        ref = _manifest_ref(body)
+        quota = body.get("quota_bytes")
+        if quota is not None and (not isinstance(quota, int) or isinstance(quota, bool) or quota < 0):
+            raise BadRequest(f'"quota_bytes" must be a whole number of bytes ≥ 0, got {quota!r}')
+        return json_response(200, await self.s.fill(ref, quota))
 
     def _job(self, raw: str, request: Request) -> Response:
         job = self.s.jobs.get(int(raw)) if _whole_number(raw) else None

@@ -94,6 +94,14 @@ class DataPath:
     async def holds(self, chunk_id: str) -> bool:
         return bool(await trio.to_thread.run_sync(self._cache.has, chunk_id))
 
+    async def size_of(self, chunk_id: str) -> int | None:
+        """The size of a cached chunk (None: not cached); nothing is read, so nothing is verified or fetched."""
+        try:
+            _, size = await trio.to_thread.run_sync(self._cache.locate, chunk_id)
+        except ChunkNotFound:
+            return None
+        return size
+
     async def missing(self, chunk_ids: Sequence[str]) -> list[str]:
         """Those of ``chunk_ids`` the cache does not hold, in order."""
         held = await trio.to_thread.run_sync(self._cache.held, chunk_ids)

@@ -24,7 +24,8 @@ async def fill_rfs_cache(
     ref: str,
     *,
     cache_dir: str,
-    quota_bytes: int,
+    quota_bytes: int | None,
+    min_free_bytes: int,
     start: Callable[[str], Awaitable[Job]],
     holds: Callable[[str], Awaitable[bool]],
     read: Callable[[str], Awaitable[bytes]],
@@ -36,7 +37,7 @@ async def fill_rfs_cache(
     from ..zos.rfscache import RfsCacheFiller, fill_image  # the zos extra
 
     job = await start(ref)
-    filler = RfsCacheFiller(Path(cache_dir), quota_bytes=quota_bytes or None)
+    filler = RfsCacheFiller(Path(cache_dir), quota_bytes=quota_bytes, min_free_bytes=min_free_bytes)
 
     async def from_job(chunk_id: str) -> bytes:
         """The job's copy (peers first, the hub as its policy says); on demand only if the job ended without it."""

@@ -16,6 +16,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+HubRows = Callable[[], list[dict[str, Any]]]
+"""Each hub's health row (``HubPool.health``): url, state, bytes, errors, missing, ..."""
+
 
 @dataclass
 class AgentStats:
@@ -56,9 +59,10 @@ _COUNTERS = (
 
 
 class _StatsCollector(Collector):
-    def __init__(self, stats: AgentStats, gauges: Callable[[], dict[str, float]]) -> None:
+    def __init__(self, stats: AgentStats, gauges: Callable[[], dict[str, float]], hubs: HubRows | None) -> None:
         self._stats = stats
         self._gauges = gauges
+        self._hubs = hubs
 
     def collect(self) -> Iterator[Any]:
         for name, doc in _COUNTERS:
@@ -73,10 +77,29 @@ class _StatsCollector(Collector):
         yield api
         for name, value in sorted(self._gauges().items()):
             yield GaugeMetricFamily(f"p2pchunks_{name}", name.replace("_", " "), value=value)
+        if self._hubs is not None:
+            yield from _hub_families(self._hubs())
 
 
-def render_prometheus(stats: AgentStats, gauges: Callable[[], dict[str, float]]) -> bytes:
-    """The Prometheus text exposition of ``stats`` plus the current ``gauges()``."""
+def _hub_families(rows: list[dict[str, Any]]) -> Iterator[Any]:
+    """One labelled series per hub of the pool: up or down, bytes received, errors, "no such chunk" answers."""
+    up = GaugeMetricFamily("p2pchunks_hub_up", "1 while the hub is up, 0 while it is down", labels=["hub"])
+    received = CounterMetricFamily("p2pchunks_hub_bytes", "Verified bytes received from the hub", labels=["hub"])
+    errors = CounterMetricFamily("p2pchunks_hub_errors", "Failed hub requests", labels=["hub"])
+    missing = CounterMetricFamily("p2pchunks_hub_missing", "Hub answers: no such chunk", labels=["hub"])
+    for row in rows:
+        label = [str(row["url"])]
+        up.add_metric(label, 1.0 if row["state"] == "up" else 0.0)
+        received.add_metric(label, row["bytes"])
+        errors.add_metric(label, row["errors"])
+        missing.add_metric(label, row["missing"])
+    yield from (up, received, errors, missing)
+
+
+def render_prometheus(
+    stats: AgentStats, gauges: Callable[[], dict[str, float]], hubs: HubRows | None = None
+) -> bytes:
+    """The Prometheus text exposition of ``stats`` plus the current ``gauges()`` and ``hubs()`` (per-hub rows)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_StatsCollector(stats, gauges))
+    registry.register(_StatsCollector(stats, gauges, hubs))
     return generate_latest(registry)

@@ -30,7 +30,7 @@ from ..config.schema import Config, split_hostport
 from ..formats.manifest import Manifest
 from ..formats.seedlist import shipped_list
 from ..http.server import ServerLimits, bound_port, open_listeners, serve_http, serve_listeners
-from ..hub.client import HubClient
+from ..hub.pool import HubPool
 from ..policy.eviction import Pin
 from ..policy.fetch import FetchParams
 from ..swarm import alerts
@@ -62,6 +62,7 @@ class Ports:
     swarm: int | None = None
     tracker: int | None = None
     zdb: int | None = None
+    rfs_http: int | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class Agent:
 
     config: Config
     cache: ChunkCache
-    hub: HubClient
+    hub: HubPool
     swarm: Swarm | None
     stats: AgentStats
     arrivals: Arrivals
@@ -96,12 +97,16 @@ class Agent:
     async def manifest(self, ref: str) -> Manifest:
         return await self.manifests.resolve(ref)
 
-    async def fill(self, ref: str) -> dict[str, Any]:
-        """Fill the node's rfs cache with the image ``ref`` (the report, as a dict)."""
+    async def fill(self, ref: str, *, quota_bytes: int | None = None) -> dict[str, Any]:
+        """Fill the node's rfs cache with the image ``ref`` (the report, as a dict); ``quota_bytes``: this fill's
+        quota on the rfs cache (the smaller of it and ``rfs.quota_bytes`` applies)."""
+        rfs = self.config.rfs
+        quotas = [q for q in (rfs.quota_bytes or None, quota_bytes) if q is not None]
         return await fill_rfs_cache(
             ref,
-            cache_dir=self.config.rfs.cache_dir,
-            quota_bytes=0,
+            cache_dir=rfs.cache_dir,
+            quota_bytes=min(quotas) if quotas else None,
+            min_free_bytes=rfs.min_free_bytes,
             start=lambda r: self.jobs.start(r, stream=True),
             holds=self.datapath.holds,
             read=self.datapath.chunk,
@@ -120,6 +125,10 @@ class Agent:
     @property
     def zdb_port(self) -> int:
         return self.ports.zdb or 0
+
+    @property
+    def rfs_http_port(self) -> int:
+        return self.ports.rfs_http or 0
 
     @property
     def me(self) -> str:
@@ -154,7 +163,7 @@ async def open_agent(config: Config, *, swarm: bool | None = None) -> AsyncItera
         )
     )
     try:
-        hub_client = HubClient(
+        hub_client = HubPool(
             config.agent.hub,
             concurrency=fetch.hub_concurrency,
             timeout=fetch.hub_timeout_s,
@@ -180,7 +189,7 @@ async def open_agent(config: Config, *, swarm: bool | None = None) -> AsyncItera
 async def _build(
     config: Config,
     cache: ChunkCache,
-    hub: HubClient,
+    hub: HubPool,
     swarm: Swarm | None,
     events: trio.MemoryReceiveChannel[alerts.SwarmEvent],
     directory: Path,
@@ -251,8 +260,15 @@ async def _build(
 
         host, port = split_hostport(config.rfs.zdb_listen)
         zdb_port = await nursery.start(serve_zdb_proxy, datapath.chunk, datapath.holds, host, port)
+    rfs_http_port = None
+    if config.rfs.http_listen:
+        from ..zos.rfsproxy import serve_rfs_store  # the zos extra
+
+        host, port = split_hostport(config.rfs.http_listen)
+        rfs_http_port = await nursery.start(serve_rfs_store, datapath.chunk, datapath.size_of, host, port)
     warmer = _warmer(config, manifests, jobs, cache, me) if config.warm.official else None
-    ports = Ports(bound_port(api_listeners), swarm.listen_port if swarm else None, tracker_port, zdb_port)
+    swarm_port = swarm.listen_port if swarm else None
+    ports = Ports(bound_port(api_listeners), swarm_port, tracker_port, zdb_port, rfs_http_port)
     agent = Agent(
         config, cache, hub, swarm, stats, arrivals, datapath, manifests, jobs, repairs, scrubber, warmer, tracker, ports
     )
@@ -265,8 +281,8 @@ async def _build(
             cache,
             stats,
             status=partial(agent_status, agent),
-            metrics=lambda: render_prometheus(stats, partial(gauges, agent)),
-            fill=agent.fill,
+            metrics=lambda: render_prometheus(stats, partial(gauges, agent), hub.health),
+            fill=lambda ref, quota: agent.fill(ref, quota_bytes=quota),
             token=config.api.token,
         )
     )
@@ -275,7 +291,7 @@ async def _build(
     await manifests.load_known()
     repairs.ready.set()
     if warmer is not None:
-        nursery.start_soon(_run_warmer, warmer, config, hub)
+        nursery.start_soon(_run_warmer, warmer, config)
     return agent
 
 
@@ -312,9 +328,9 @@ def _warmer(config: Config, manifests: ManifestBook, jobs: JobTable, cache: Chun
     )
 
 
-async def _run_warmer(warmer: Warmer, config: Config, hub: HubClient) -> None:
-    """The warmer fetches with its own hub client: its own (low) budget, apart from on-demand reads."""
-    async with HubClient(
+async def _run_warmer(warmer: Warmer, config: Config) -> None:
+    """The warmer fetches with its own hub pool: its own (low) budget, apart from on-demand reads."""
+    async with HubPool(
         config.agent.hub,
         concurrency=4,
         timeout=config.fetch.hub_timeout_s,

@@ -36,7 +36,8 @@ def agent_status(agent: Agent) -> dict[str, Any]:
     warmer = agent.warmer
     return {
         "mode": agent.config.agent.mode,
-        "hub": agent.config.agent.hub,
+        "hub": agent.hub.url,
+        "hubs": agent.hub.health(),
         "swarm_port": agent.ports.swarm,
         "api_port": agent.ports.api,
         "stats": agent.stats.as_json(),

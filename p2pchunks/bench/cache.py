@@ -13,6 +13,7 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -25,19 +26,26 @@ from ..ids import chunk_id_of, chunk_relpath
 CHUNK = 1 << 20
 
 
-async def _read_all(host: str, port: int, ids: list[str], clients: int) -> int:
-    """GET every id over ``clients`` keep-alive connections; returns body bytes received."""
+def chunk_path(chunk_id: str) -> str:
+    return f"/chunks/{chunk_id}"
+
+
+async def read_all(
+    host: str, port: int, ids: list[str], clients: int, path: Callable[[str], str] = chunk_path, size: int = CHUNK
+) -> int:
+    """GET ``path(id)`` for every id over ``clients`` keep-alive connections (bodies up to ``size`` bytes);
+    returns body bytes received."""
     total = 0
 
     async def worker(part: list[str]) -> None:
         nonlocal total
         stream = await trio.open_tcp_stream(host, port)
-        buffer = bytearray(CHUNK + 65536)
+        buffer = bytearray(size + 65536)
         view = memoryview(buffer)
         sock = stream.socket
         async with stream:
             for chunk_id in part:
-                await stream.send_all(f"GET /chunks/{chunk_id} HTTP/1.1\r\nhost: bench\r\n\r\n".encode())
+                await stream.send_all(f"GET {path(chunk_id)} HTTP/1.1\r\nhost: bench\r\n\r\n".encode())
                 filled = 0
                 while True:
                     n = await sock.recv_into(view[filled:])
@@ -89,9 +97,9 @@ async def bench_cache(chunks: int, clients: int) -> int:
         async with open_agent_process(config) as agent:
             await trio.sleep(2.0)
             idle_rss = agent.rss_bytes()
-            await _read_all(agent.host, agent.api_port, ids, clients)  # warm the page cache and the agent
+            await read_all(agent.host, agent.api_port, ids, clients)  # warm the page cache and the agent
             t0 = time.perf_counter()
-            got = await _read_all(agent.host, agent.api_port, ids, clients)
+            got = await read_all(agent.host, agent.api_port, ids, clients)
             api_s = time.perf_counter() - t0
             busy_rss = agent.rss_bytes()
         paths = [str(cache_dir / "chunks" / chunk_relpath(i)) for i in ids]

@@ -1,6 +1,9 @@
-"""The CLI's side of the local API: ``fetch`` (with a progress bar, then file assembly), ``status``, ``cache``.
+"""The CLI's side of the local API: ``fetch`` (with a progress bar, then file assembly), ``status``, ``cache``,
+``rfs-fill``.
 
-Owns turning API answers into what a person reads, and assembling an image's files from its chunks
+Owns turning API answers into what a person reads (an agent's error is shown as the agent worded it, and no
+error is ever shown empty), the time the CLI waits (``SHORT_TIMEOUT_S`` for a quick call; ``rfs-fill`` waits
+``--timeout``, as long as the agent may work on the fill), and assembling an image's files from its chunks
 (``assemble``: symlinks and modes as in the manifest, each file written to a temp name and renamed).
 """
 
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -24,36 +28,79 @@ from ..formats.manifest import Manifest
 GetChunk = Callable[[str], Awaitable[bytes]]
 
 
+SHORT_TIMEOUT_S = 60.0
+"""A call that should answer at once (status, a job's progress, a chunk)."""
+CONNECT_TIMEOUT_S = 10.0
+
+
 class ApiError(P2PChunksError):
-    """The agent answered with an error."""
+    """The agent answered with an error, or could not be asked."""
 
 
 async def run_command(args: argparse.Namespace) -> int:
     headers = {"authorization": f"Bearer {args.token}"} if args.token else {}
-    async with httpx.AsyncClient(base_url=args.api, headers=headers, timeout=httpx.Timeout(60.0)) as http:
+    timeout = httpx.Timeout(SHORT_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+    async with httpx.AsyncClient(base_url=args.api, headers=headers, timeout=timeout, trust_env=False) as http:
         try:
             if args.command == "fetch":
                 return await _fetch(http, args.manifest, args.out)
             if args.command == "rfs-fill":
-                report = await _call(http, "POST", "/fill", {"manifest": args.manifest})
-                print(json.dumps(report, indent=2))
-                return 0 if not report["failed"] and not report["stopped_for_space"] else 1
+                return await _fill(http, args)
             if args.command == "status":
                 return await _status(http, as_json=args.json)
             return await _cache(http, args)
+        except httpx.TimeoutException as error:
+            raise ApiError(f"the agent at {args.api} did not answer in time ({_describe(error)})") from error
         except httpx.TransportError as error:
-            raise ApiError(f"cannot reach the agent at {args.api}: {error}") from error
+            raise ApiError(f"cannot reach the agent at {args.api}: {_describe(error)}") from error
 
 
-async def _call(http: httpx.AsyncClient, method: str, path: str, body: Any = None) -> Any:
-    response = await http.request(method, path, json=body)
+def _describe(error: BaseException) -> str:
+    """What went wrong, never empty (httpx's timeouts carry no message)."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+async def _call(
+    http: httpx.AsyncClient, method: str, path: str, body: Any = None, *, wait: httpx.Timeout | None = None
+) -> Any:
+    extra: dict[str, Any] = {} if wait is None else {"timeout": wait}
+    response = await http.request(method, path, json=body, **extra)
     if response.status_code >= 400:
-        try:
-            message = response.json().get("error", response.text)
-        except ValueError:
-            message = response.text
-        raise ApiError(f"{method} {path}: {response.status_code} {message}")
+        raise ApiError(f"{method} {path}: {response.status_code} {agent_error(response)}")
     return response.json()
+
+
+def agent_error(response: httpx.Response) -> str:
+    """The agent's own words for an error answer: its JSON ``error``, else the body, else the status's name."""
+    try:
+        data = response.json()
+        message = str(data.get("error") or "") if isinstance(data, dict) else ""
+    except ValueError:
+        message = ""
+    return message or response.text.strip()[:500] or response.reason_phrase or "(the agent gave no reason)"
+
+
+async def _fill(http: httpx.AsyncClient, args: argparse.Namespace) -> int:
+    from ..hub.publish import parse_size
+
+    body: dict[str, Any] = {"manifest": args.manifest}
+    if args.quota is not None:
+        body["quota_bytes"] = parse_size(args.quota)
+    wait = httpx.Timeout(args.timeout or None, connect=CONNECT_TIMEOUT_S)
+    try:
+        report = await _call(http, "POST", "/fill", body, wait=wait)
+    except httpx.TimeoutException as error:
+        raise ApiError(
+            f"the agent at {http.base_url} did not finish the fill within --timeout {args.timeout:g} s "
+            f"({_describe(error)}); it goes on, see `p2pchunks status`"
+        ) from error
+    print(json.dumps(report, indent=2))
+    for chunk_id, reason in report["failed"].items():
+        print(f"p2pchunks: block {chunk_id} not filled (rfs fetches it itself): {reason}", file=sys.stderr)
+    if report["stopped_for_space"]:
+        print("p2pchunks: the fill stopped: the rfs cache reached its quota or free-space floor", file=sys.stderr)
+    return 0 if not report["failed"] and not report["stopped_for_space"] else 1
 
 
 async def _fetch(http: httpx.AsyncClient, ref: str, out: Path) -> int:
@@ -79,7 +126,7 @@ async def _fetch(http: httpx.AsyncClient, ref: str, out: Path) -> int:
     async def get_chunk(chunk_id: str) -> bytes:
         response = await http.get(f"/chunks/{chunk_id}")
         if response.status_code != 200:
-            raise ApiError(f"chunk {chunk_id}: {response.status_code} {response.text}")
+            raise ApiError(f"chunk {chunk_id}: {response.status_code} {agent_error(response)}")
         return response.content
 
     await assemble(manifest, out, get_chunk)
@@ -139,6 +186,9 @@ async def _status(http: httpx.AsyncClient, *, as_json: bool) -> int:
         ("corrupt (peers / hub)", f"{stats['corrupt_from_peers']} / {stats['corrupt_from_hub']}"),
         ("banned peers", str(stats["peers_banned"])),
     ]
+    for hub in status.get("hubs", []):
+        state = hub["state"] if hub["state"] == "up" else f"down (retry in {hub['retry_in_s']:.0f} s)"
+        rows.append((f"hub {hub['url']}", f"{state}, {_mib(hub['bytes'])}, {hub['errors']} errors"))
     for row in rows:
         table.add_row(*row)
     console.print(table)

@@ -1,7 +1,9 @@
 """The ``p2pchunks`` command: argument parsing and printing only; every action lives in its own module.
 
-Commands that talk to a running agent (``fetch``, ``status``, ``cache``) use its local API (``--api``, default
-from the config). Errors of the p2pchunks hierarchy are printed as one line and exit with status 1.
+Commands that talk to a running agent (``fetch``, ``status``, ``cache``, ``rfs-fill``) use its local API
+(``--api``; default ``http://`` + ``P2PCHUNKS_API_LISTEN``, the variable that also moves the agent's API, else
+``127.0.0.1:7760``, the config's default). Errors of the p2pchunks hierarchy are printed as one line and exit
+with status 1.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -20,7 +23,14 @@ import trio
 from ..errors import P2PChunksError
 
 
+def default_api() -> str:
+    """The agent's API as the agent itself would listen without a config file: ``P2PCHUNKS_API_LISTEN`` or the
+    default ``api.listen``."""
+    return "http://" + (os.environ.get("P2PCHUNKS_API_LISTEN", "").strip() or "127.0.0.1:7760")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    api = default_api()
     parser = argparse.ArgumentParser(prog="p2pchunks", description="Peer-to-peer chunk sharing for Zero-OS nodes")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -63,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("status", "the agent's status"),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--api", default="http://127.0.0.1:7760", help="the agent's local API")
+        p.add_argument("--api", default=api, help=f"the agent's local API (default {api})")
         p.add_argument("--token", default="")
         if name == "fetch":
             p.add_argument("manifest", help="manifest name, id, .p2p path or URL")
@@ -72,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("cache", help="inspect and manage the agent's cache")
-    p.add_argument("--api", default="http://127.0.0.1:7760")
+    p.add_argument("--api", default=api)
     p.add_argument("--token", default="")
     cache_sub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
     s = cache_sub.add_parser("ls")
@@ -88,25 +98,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import-flist", help="turn a zos flist (.fl or .flist) into a manifest (fetches every blob)")
     p.add_argument("flist", help="a .fl/.flist file or an http(s) URL")
-    p.add_argument("--hub", required=True, help="where the blobs are: zdb://host:port/ns or http://reference-hub/")
+    p.add_argument(
+        "--hub",
+        action="append",
+        help="where the blobs are (repeat for mirrors): zdb://HOST:PORT/NS, server://http/HOST:PORT, "
+        "rfs+http://HOST/PATH or a p2pchunks hub http://HOST:PORT/; default: the stores the flist names",
+    )
     p.add_argument("--out", type=Path, required=True, help="a hub root: blobs in chunks/, the manifest in manifests/")
     p.add_argument("--name")
     p.add_argument("--version", default="1")
 
-    p = sub.add_parser("rewrite-flist", help="point a flist at the agent's zdb proxy (copy; the source is kept)")
+    p = sub.add_parser("rewrite-flist", help="point a flist at the agent's proxy (copy; the source is kept)")
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
-    p.add_argument("--zdb", required=True, help="HOST:PORT[/NAMESPACE] of the zdb proxy")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--zdb", help="HOST:PORT[/NAMESPACE] of the zdb proxy (rfs.zdb_listen)")
+    where.add_argument(
+        "--store", help="an rfs store URL for the route, e.g. http://HOST:PORT or server://http/HOST:PORT (.fl only)"
+    )
 
-    p = sub.add_parser("rfs-fill", help="fill the node's rfs cache with an image, ahead of the VM's reads")
-    p.add_argument("manifest")
-    p.add_argument("--api", default="http://127.0.0.1:7760")
+    p = sub.add_parser("rfs-fill", help="fill the node's rfs cache (rfs.cache_dir) with an image, ahead of the VM")
+    p.add_argument("manifest", help="manifest name, id, .p2p path or URL")
+    p.add_argument("--api", default=api)
     p.add_argument("--token", default="")
+    p.add_argument("--quota", help="e.g. 20GiB: most bytes the rfs cache may hold (lowers rfs.quota_bytes)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=7200.0,
+        help="seconds to wait for the agent to finish (default: twice fetch.job_timeout_s's default; 0: no limit)",
+    )
 
     p = sub.add_parser("bench", help="benchmarks")
-    p.add_argument("what", choices=["cache", "fill", "load", "memory", "ingest"])
-    p.add_argument("--chunks", type=int, default=256, help="cache: chunks of 1 MiB")
-    p.add_argument("--clients", type=int, help="cache: readers (default 4); load: concurrent API clients (200)")
+    p.add_argument("what", choices=["cache", "fill", "load", "memory", "ingest", "proxy"])
+    p.add_argument("--chunks", type=int, default=256, help="cache: chunks of 1 MiB; proxy: blocks of 512 KiB")
+    p.add_argument(
+        "--clients", type=int, help="cache, proxy: readers (default 4); load: concurrent API clients (200)"
+    )
     p.add_argument("--image-mib", type=int, default=None, help="fill: image size (1024); ingest: (512)")
     p.add_argument("--cache-mib", type=int, nargs="+", default=[256, 2048], help="memory: cache sizes to compare")
     p.add_argument("--manifests", type=int, default=8, help="memory: images the cache holds")
@@ -125,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(_dispatch(args) or 0)
     except P2PChunksError as error:
-        print(f"p2pchunks: {error}", file=sys.stderr)
+        print(f"p2pchunks: {str(error) or type(error).__name__}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -161,10 +189,14 @@ def _dispatch(args: argparse.Namespace) -> int | None:
         print(manifest.manifest_id)
         return 0
     if command == "rewrite-flist":
-        from ..zos.flistrewrite import rewrite_flist
+        from ..zos.flistrewrite import rewrite_flist, rewrite_flist_store
 
-        version = rewrite_flist(args.src, args.dst, args.zdb)
-        print(f"{args.dst}: v{version} flist now reads from zdb://{args.zdb}")
+        if args.zdb:
+            shown = args.zdb if args.zdb.startswith("zdb://") else f"zdb://{args.zdb}"
+            version, target = rewrite_flist(args.src, args.dst, args.zdb), shown
+        else:
+            version, target = rewrite_flist_store(args.src, args.dst, args.store), args.store
+        print(f"{args.dst}: v{version} flist now reads from {target}")
         return 0
     if command in ("fetch", "status", "cache", "rfs-fill"):
         from . import client
@@ -183,6 +215,10 @@ def _dispatch(args: argparse.Namespace) -> int | None:
             from ..bench.ingest import bench_ingest
 
             return trio.run(bench_ingest, args.image_mib or 512, args.workdir)
+        if args.what == "proxy":
+            from ..bench.proxy import bench_proxy
+
+            return trio.run(bench_proxy, args.chunks, args.clients or 4)
         if args.what == "load":
             from ..bench.load import bench_load
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,8 +24,10 @@ from ..errors import BadConfig
 class AgentSection:
     cache_dir: str = "/var/cache/p2pchunks"
     """Holds ``chunks/ab/cd/<id>``, ``index.sqlite3`` and ``manifests/``; also the swarm's save path."""
-    hub: str = "http://127.0.0.1:8080/"
-    """The hub: ``http(s)://host:port/`` (reference hub) or ``zdb://host:port/namespace`` (the zos hub)."""
+    hub: str | list[str] = "http://127.0.0.1:8080/"
+    """The hub, or a list of hubs tried in turn (mirrors): ``zdb://host:port/namespace`` (the zos hub),
+    ``http(s)://host:port/`` (a p2pchunks hub root), ``rfs+http(s)://host/path`` (an rfs HTTP store),
+    ``server://http/host:port`` (an rfs server). See docs/zos.md."""
     mode: str = "node"
     """``node`` or ``seed`` (a volunteer farmer node: publicly reachable, holds the official images)."""
     farm: str = ""
@@ -147,6 +150,12 @@ class RfsSection:
     """The node's rfs cache (``/var/cache/modules/flistd/cache`` on zos); empty: no cache fill."""
     zdb_listen: str = ""
     """``host:port`` of the zdb proxy (empty: off)."""
+    http_listen: str = ""
+    """``host:port`` of the rfs HTTP store proxy: ``/api/v1/block/<id>`` and ``/<id[0:2]>/<id>`` (empty: off)."""
+    quota_bytes: int = 0
+    """Most bytes the rfs cache may hold after a fill writes to it (0: no quota; ``rfs-fill --quota`` lowers it)."""
+    min_free_bytes: int = 512 * 1024 * 1024
+    """A fill never leaves less than this free on the rfs cache's file system."""
 
 
 @dataclass(frozen=True)
@@ -226,6 +235,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if isinstance(value, _EnvValue):
         return _from_env(value, hint, where)
     origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # str | list[str]: either form
+        return _coerce(value, list[str] if isinstance(value, list) else str, where)
     if origin is list:
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
             raise BadConfig(f"{where} must be a list of strings")
@@ -256,6 +267,8 @@ def _from_env(value: _EnvValue, hint: Any, where: str) -> Any:
             return float(raw)
         if typing.get_origin(hint) is list:
             return [item.strip() for item in raw.split(",") if item.strip()]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and "," in raw:
+            return [item.strip() for item in raw.split(",") if item.strip()]
         return raw
     except ValueError:
         raise BadConfig(f"{value.var}={value.raw!r} is not a valid {where}") from None
@@ -273,8 +286,8 @@ def _validate(section: Any, name: str) -> None:
         value = getattr(section, f.name)
         if f.name.endswith(("_s", "_bps", "_bytes")) and isinstance(value, int | float) and value < 0:
             raise BadConfig(f"{name}.{f.name} must not be negative")
-        if f.name == "listen" and value and ":" not in value:
-            raise BadConfig(f"{name}.listen must be host:port, got {value!r}")
+        if (f.name == "listen" or f.name.endswith("_listen")) and value and ":" not in value:
+            raise BadConfig(f"{name}.{f.name} must be host:port, got {value!r}")
 
 
 def split_hostport(value: str) -> tuple[str, int]:

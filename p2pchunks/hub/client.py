@@ -1,7 +1,14 @@
 """The hub client: one interface over hub transports, with bounded parallelism, retries and verification.
 
 Owns: the :class:`Transport` interface and its HTTP implementation, the choice of transport by URL scheme
-(``http(s)://`` here, ``zdb://`` in ``p2pchunks.zdb``), and :class:`HubClient`'s policy: at most ``concurrency``
+(:func:`transport_for`, the one place that maps schemes; see docs/zos.md for what each names):
+
+    http(s)://HOST/PATH/                 our own hub root over HTTP (``chunks/ab/cd/<id>``, ``manifests/``)
+    rfs+http(s)://HOST/PATH              an rfs HTTP store (``<id[0:2]>/<id>``), ``hub.rfsstore``
+    server://SCHEME/HOST[:PORT][/PATH]   an ``rfs server``'s block API (``/api/v1/block/<id>``), ``hub.rfsstore``
+    zdb://HOST[:PORT][/NAMESPACE]        a 0-db such as the zos hub, ``zos.zdb``
+
+and :class:`HubClient`'s policy: at most ``concurrency``
 requests at once, every chunk verified against its id before anyone sees it, jittered exponential backoff on
 timeouts, 5xx/resets and corrupt bytes, an optional byte-rate budget. Must not know: the cache, peers, manifests'
 contents. Errors stay distinct: :class:`ChunkNotFound` (the hub says it has no such chunk: never retried),
@@ -50,8 +57,16 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
-class _HttpFetcher:
-    """GET one URL into memory, with hub failures translated into our errors once, here."""
+class Hub(Protocol):
+    """What the agent asks of its hub: one :class:`HubClient`, or a ``HubPool`` over several."""
+
+    async def get_chunk(self, chunk_id: str) -> bytes: ...
+
+    async def get_manifest(self, name_or_url: str) -> bytes: ...
+
+
+class HttpFetcher:
+    """GET (or HEAD) one URL, with hub failures translated into our errors once, here."""
 
     def __init__(self, *, timeout: float, max_connections: int) -> None:
         self._timeout = timeout
@@ -79,6 +94,21 @@ class _HttpFetcher:
         if status in (408, 429) or status >= 500:
             raise HubUnavailable(detail)
         raise HubError(detail)
+
+    async def exists(self, url: str) -> bool:
+        """HEAD ``url``: True on 200, False on 404/410; other answers raise as for :meth:`get`."""
+        try:
+            status = (await self._client.head(url)).status_code
+        except httpx.TimeoutException as error:
+            raise HubTimeout(f"{url}: {type(error).__name__}") from error
+        except httpx.RequestError as error:
+            raise HubUnavailable(f"{url}: {type(error).__name__}: {error}") from error
+        if status == 200:
+            return True
+        if status in (404, 410):
+            return False
+        detail = f"hub answered {status} to HEAD {url}"
+        raise HubUnavailable(detail) if status in (408, 429) or status >= 500 else HubError(detail)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -110,7 +140,7 @@ class HttpTransport:
 
     def __init__(self, base_url: str, *, timeout: float, max_connections: int) -> None:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
-        self._fetcher = _HttpFetcher(timeout=timeout, max_connections=max_connections)
+        self._fetcher = HttpFetcher(timeout=timeout, max_connections=max_connections)
 
     async def fetch_chunk(self, chunk_id: str) -> bytes:
         url = f"{self.base_url}chunks/{chunk_relpath(chunk_id)}"
@@ -124,17 +154,54 @@ class HttpTransport:
         await self._fetcher.aclose()
 
 
+HUB_SCHEMES = ("http", "https", "rfs+http", "rfs+https", "server", "zdb")
+
+
 def transport_for(url: str, *, timeout: float, max_connections: int) -> Transport:
-    """The transport for a hub URL, by scheme: ``http``/``https`` or ``zdb``."""
+    """The transport for a hub URL, by scheme (see the module docstring)."""
     scheme = urlsplit(url).scheme.lower()
+    transport: Transport
     if scheme in ("http", "https"):
         return HttpTransport(url, timeout=timeout, max_connections=max_connections)
+    if scheme in ("rfs+http", "rfs+https"):
+        from .rfsstore import RfsHttpTransport
+
+        transport = RfsHttpTransport(url, timeout=timeout, max_connections=max_connections)
+        return transport
+    if scheme == "server":
+        from .rfsstore import RfsServerTransport
+
+        transport = RfsServerTransport(url, timeout=timeout, max_connections=max_connections)
+        return transport
     if scheme == "zdb":
         from ..zos.zdb import ZdbTransport  # lazy: an HTTP-only agent never loads the zdb client
 
-        transport: Transport = ZdbTransport(url, timeout=timeout, max_connections=max_connections)
+        transport = ZdbTransport(url, timeout=timeout, max_connections=max_connections)
         return transport
-    raise BadConfig(f"hub URL must be http://, https:// or zdb://, got {url!r}")
+    raise BadConfig(f"hub URL must be one of {', '.join(s + '://' for s in HUB_SCHEMES)}; got {redact(url)!r}")
+
+
+def hub_url_for_route(route: str) -> str:
+    """The hub URL of an rfs store URL as a ``.fl`` route names it: rfs reads ``http(s)://`` as its HTTP store
+    layout, which our config spells ``rfs+http(s)://``; ``server://`` and ``zdb://`` mean the same in both."""
+    scheme = urlsplit(route).scheme.lower()
+    if scheme in ("http", "https"):
+        return f"rfs+{route}"
+    if scheme in ("server", "zdb"):
+        return route
+    raise BadConfig(f"store {redact(route)!r}: p2pchunks reads blocks from zdb://, http(s):// and server:// stores")
+
+
+def redact(url: str) -> str:
+    """``url`` fit for logs and ``/status``: a password or a ``token=`` query value is replaced by ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = re.sub(r"(?i)(\A|&)(token=)[^&]*", r"\1\2***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    return parts._replace(netloc=netloc, query=query).geturl()
 
 
 @dataclass
@@ -179,7 +246,7 @@ class HubClient:
         self._slots = trio.Semaphore(concurrency)
         self._bucket = TokenBucket(rate_bps) if rate_bps else None
         self._rng = rng or random.Random()
-        self._url_fetcher: _HttpFetcher | None = None
+        self._url_fetcher: HttpFetcher | None = None
 
     async def get_chunk(self, chunk_id: str) -> bytes:
         """The verified bytes of ``chunk_id``; ChunkNotFound, ChunkCorrupt, HubTimeout, HubUnavailable or HubError."""
@@ -190,7 +257,7 @@ class HubClient:
         """A manifest by name (through the transport) or by absolute ``http(s)://`` URL."""
         if _ABSOLUTE_URL.match(name_or_url):
             if self._url_fetcher is None:
-                self._url_fetcher = _HttpFetcher(timeout=self.timeout, max_connections=self._concurrency)
+                self._url_fetcher = HttpFetcher(timeout=self.timeout, max_connections=self._concurrency)
             return await self._with_retries(partial(self._url_fetcher.get, name_or_url, ManifestNotFound), None)
         return await self._with_retries(partial(self.transport.fetch_manifest, name_or_url), None)
 

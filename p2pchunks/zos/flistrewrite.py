@@ -1,11 +1,13 @@
-"""Rewriting where an flist says its blocks live, so a stock rfs fetches them from the p2pchunks zdb proxy.
+"""Rewriting where an flist says its blocks live, so rfs fetches them from the agent (zdb or rfs HTTP store proxy).
 
 Owns producing a copy of an flist whose store location is changed and nothing else (the blocks, keys, tree and
 tags stay as they were; ``src`` is never opened for writing):
 
 * **v2** ``.fl``: the ``route`` table (rfs 2 tries every route whose byte range covers a block id's first byte) is
   replaced by the single row ``(0, 255, url)``; the copy is switched to ``journal_mode=DELETE`` so it is one
-  self-contained file, as flistd downloads it.
+  self-contained file, as flistd downloads it. ``url`` is a zdb (every rfs 2) or, for the rfs after v2.0.7, an
+  HTTP store (``http(s)://HOST:PORT``) or an rfs server (``server://http/HOST:PORT``), as the agent's
+  ``rfs.http_listen`` serves both.
 * **v1** ``.flist``: the tar.gz is opened with the same care as ``flist`` (member count and size caps, no absolute
   or ``..`` names), only ``flistdb.sqlite3`` is kept, its ``metadata.backend`` JSON becomes ``{"host", "port",
   "namespace"}`` (``password`` when given) — rfs v1.1.1 (zos installs it as ``g8ufs``) prefers that backend to the
@@ -31,13 +33,23 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from ..errors import BadConfig, BadFlist
+from ..hub.rfsstore import rfs_http_block_urls, rfs_server_base
 from .flist import DEFAULT_LIMITS, V1_DB_NAME, FlistLimits, extract_db, read_flist
 from .zdb import ZdbAddress, parse_zdb_url
 
-__all__ = ["RFS_STORE_SCHEMES", "parse_zdb_target", "rewrite_fl", "rewrite_flist", "rewrite_flist_v1", "zdb_url"]
+__all__ = [
+    "RFS_STORE_SCHEMES",
+    "parse_zdb_target",
+    "rewrite_fl",
+    "rewrite_flist",
+    "rewrite_flist_store",
+    "rewrite_flist_v1",
+    "zdb_url",
+]
 
-RFS_STORE_SCHEMES = frozenset({"zdb", "dir", "s3", "s3s", "s3s+tls"})
-"""Store URL schemes rfs 2 knows (``src/store/mod.rs``)."""
+RFS_STORE_SCHEMES = frozenset({"zdb", "dir", "s3", "s3s", "s3s+tls", "http", "https", "server"})
+"""Store URL schemes rfs 2 knows (``src/store/mod.rs``): v2.0.6, which zos ships, only the first five; the
+development branch adds ``http``, ``https`` and ``server``."""
 _SQLITE_MAGIC = b"SQLite format 3\0"
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -66,6 +78,16 @@ def rewrite_flist(src: Path, dst: Path, zdb: str) -> Literal[1, 2]:
     raise BadFlist(f"{src}: neither an SQLite .fl nor a gzip .flist")
 
 
+def rewrite_flist_store(src: Path, dst: Path, url: str) -> Literal[1, 2]:
+    """Point ``src`` at the store ``url`` (a v2 route, verbatim); a v1 ``.flist`` can only name a zdb."""
+    if urlsplit(url).scheme.lower() == "zdb":
+        return rewrite_flist(src, dst, url)
+    if not _head(src).startswith(_SQLITE_MAGIC):
+        raise BadConfig(f"{src}: rfs 1 reads blocks from a zdb only; give --zdb")
+    rewrite_fl(src, dst, url)
+    return 2
+
+
 # --- v2 -------------------------------------------------------------------------------------------------------------
 
 
@@ -76,6 +98,10 @@ def rewrite_fl(src: Path, dst: Path, url: str) -> None:
         raise BadConfig(f"store url {url!r}: rfs 2 knows {', '.join(sorted(RFS_STORE_SCHEMES))}")
     if scheme == "zdb":
         parse_zdb_url(url)
+    elif scheme in ("http", "https"):
+        rfs_http_block_urls(url, "0" * 64)
+    elif scheme == "server":
+        rfs_server_base(url)
     _check_paths(src, dst)
     if not _head(src).startswith(_SQLITE_MAGIC):
         raise BadFlist(f"{src}: not an SQLite .fl")

@@ -2,8 +2,10 @@
 
 Owns turning an ``.fl``/``.flist`` (a local file or an ``http(s)://`` URL) into a hub root a swarm can seed:
 
-* every distinct block is fetched with :class:`HubClient` (so verified against the flist's own id: BLAKE2b-128 for
-  v1, BLAKE2b-256 for v2) and stored *as the hub stores it* (encrypted) at ``<out_dir>/chunks/ab/cd/<id>``,
+* every distinct block is fetched from the given hub(s) (a ``HubPool``) or, without one, from the stores the flist
+  itself names (``routes.RoutedHub``: v2 routes in rfs's meaning, the v1 zdb backend), so verified against the
+  flist's own id (BLAKE2b-128 for v1, BLAKE2b-256 for v2) and stored *as the hub stores it* (encrypted) at
+  ``<out_dir>/chunks/ab/cd/<id>``,
   atomically; blobs already there and verifying are not fetched again, so an interrupted import resumes;
 * the manifest: files in the flist's tree order, one ``ChunkRef(id, stored size, key)`` per block (the key lets a
   node decode the blob for the rfs cache), symlinks and permission bits; directories and special files are not
@@ -30,9 +32,11 @@ import trio
 
 from ..errors import BadConfig, BadFlist, HubError, HubTimeout, HubUnavailable, first_error
 from ..formats.manifest import MAX_CHUNK_BYTES, ChunkRef, FileEntry, Manifest, build_manifest
-from ..hub.client import HubClient
+from ..hub.client import Hub, redact
+from ..hub.pool import HubPool, hub_urls
 from ..ids import chunk_relpath, default_verifier
 from .flist import FlistImage, read_flist
+from .routes import RoutedHub, store_routes
 
 __all__ = ["DEFAULT_HOT_LIMIT", "MAX_FLIST_BYTES", "import_flist", "manifest_name_for", "pick_hot"]
 
@@ -52,18 +56,19 @@ _DISK_IMAGES = re.compile(r"\A[^/]+\.(?:raw|img|qcow2)\Z")
 async def import_flist(
     flist: Path | str,
     *,
-    hub: str,
+    hub: str | Sequence[str] | None = None,
     out_dir: Path,
     name: str | None = None,
     version: str = "1",
     concurrency: int = 16,
     hot_limit: int = DEFAULT_HOT_LIMIT,
-    client: HubClient | None = None,
+    client: Hub | None = None,
 ) -> Manifest:
     """Fetch every blob of ``flist`` from ``hub`` into ``out_dir`` and write ``out_dir/manifests/<name>.p2p``.
 
-    ``flist`` is a path or an ``http(s)://`` URL; ``hub`` a hub URL (``zdb://host:port/ns`` or ``http://…/``).
-    ``client`` replaces the :class:`HubClient` made from ``hub`` (it is then not closed here).
+    ``flist`` is a path or an ``http(s)://`` URL; ``hub`` a hub URL or a list of them (any scheme of
+    ``hub.client.transport_for``), or None: the stores the flist names. ``client`` replaces the hub client made
+    from ``hub`` (it is then not closed here).
     """
     if concurrency < 1 or hot_limit < 0:
         raise BadConfig(f"import-flist: need concurrency ≥ 1 and hot_limit ≥ 0, got {concurrency}, {hot_limit}")
@@ -78,13 +83,17 @@ async def import_flist(
     name = name if name is not None else manifest_name_for(source)
     files = _entries(image)
     blocks = _distinct_blocks(image)
-    log.info("importing %s: %d files, %d distinct blocks from %s", source, len(files), len(blocks), hub)
-    hub_client = client if client is not None else HubClient(hub, concurrency=concurrency)
+    routes = store_routes(image) if hub is None else []
+    shown = ", ".join(redact(url) for url in (hub_urls(hub) if hub is not None else [url for *_, url in routes]))
+    owned: HubPool | RoutedHub | None = None
+    if client is None:
+        owned = client = HubPool(hub, concurrency=concurrency) if hub is not None else RoutedHub(routes)
+    log.info("importing %s: %d files, %d distinct blocks from %s", source, len(files), len(blocks), shown)
     try:
-        sizes = await _fetch_all(hub_client, blocks, out_dir, concurrency)
+        sizes = await _fetch_all(client, blocks, out_dir, concurrency)
     finally:
-        if client is None:
-            await hub_client.aclose()
+        if owned is not None:
+            await owned.aclose()
     entries = [_with_sizes(entry, sizes) for entry in files]
     manifest = await trio.to_thread.run_sync(
         lambda: build_manifest(
@@ -94,7 +103,7 @@ async def import_flist(
             directory=out_dir,
             chunk_size=_chunk_size(image),
             hot=pick_hot(entries, hot_limit),
-            extra={b"flist": _flist_extra(image, hub, source)},
+            extra={b"flist": _flist_extra(image, shown, source)},
         )
     )
     target = out_dir / "manifests" / f"{manifest.name}.p2p"
@@ -187,7 +196,7 @@ def _flist_extra(image: FlistImage, hub: str, source: str) -> dict[bytes, object
 # --- fetching -------------------------------------------------------------------------------------------------------
 
 
-async def _fetch_all(client: HubClient, blocks: list[str], out_dir: Path, concurrency: int) -> dict[str, int]:
+async def _fetch_all(client: Hub, blocks: list[str], out_dir: Path, concurrency: int) -> dict[str, int]:
     """Each block's stored size, after making sure ``out_dir/chunks/ab/cd/<id>`` holds its verified bytes."""
     sizes: dict[str, int] = {}
     pending: Iterator[str] = iter(blocks)

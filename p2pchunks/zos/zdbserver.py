@@ -7,8 +7,12 @@ hub client needs, and the hub's knobs and counters (latency, egress rate cap, ou
     SELECT ns [pw]  → +OK (any namespace; the backend decides what a namespace holds)
     GET key         → the value as a bulk string, or nil
     EXISTS key      → :1 or :0
-    anything else   → -ERR unknown command
+    anything else   → -Command not supported (HELLO included), as 0-db answers a command it does not know
+    wrong arguments → -Unexpected arguments (GET, EXISTS) / -Invalid argument (SELECT), 0-db's words
     a broken request (or one over the limits of ``resp``) → -ERR Protocol error, and the connection is closed
+
+0-db has no HELLO: a RESP3 client (redis-py 8 by default) fails its handshake on a real 0-db and here alike, and
+must speak RESP2 (redis-py ``protocol=2``); rfs and redis-cli do.
 
 Where the data comes from is a ``ZdbBackend``: ``HubRootBackend`` reads a hub root directory; the agent's proxy
 plugs in its cache. With ``available = False`` every GET, EXISTS and PING answers an error (an outage, as a client
@@ -147,9 +151,9 @@ class ZdbServer:
         name, args = command.name, command.args[1:]
         arity = {"PING": (0, 1), "SELECT": (1, 2), "GET": (1, 1), "EXISTS": (1, 1)}.get(name)
         if arity is None:
-            await stream.send_all(error(f"ERR unknown command '{_printable(name)}'"))
+            await stream.send_all(error("Command not supported"))
         elif not arity[0] <= len(args) <= arity[1]:
-            await stream.send_all(error(f"ERR wrong number of arguments for '{name.lower()}' command"))
+            await stream.send_all(error("Invalid argument" if name == "SELECT" else "Unexpected arguments"))
         elif name == "SELECT":
             namespace = args[0].decode("utf-8", "replace")
             await stream.send_all(OK_REPLY)

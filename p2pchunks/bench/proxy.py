@@ -1,0 +1,122 @@
+"""``p2pchunks bench proxy``: block reads from a warm cache through the agent's two rfs-facing proxies, in one run.
+
+An agent process (hub unused, swarm off) holds N blocks in its cache and serves them three ways at once: the rfs
+store proxy in the HTTP store layout (``GET /<id[0:2]>/<id>``), the same proxy as an rfs server
+(``GET /api/v1/block/<id>``), and the zdb proxy (``GET <raw id>`` over RESP). ``clients`` connections per way each
+read their share one block at a time, as rfs does (one request in flight per connection); a first pass over every
+way warms the page cache and the agent, then each way is timed in turn. The figures are MB/s of block bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+from ..agent.process import open_agent_process, write_config
+from ..cache.store import ChunkCache
+from ..ids import chunk_id_of
+from .cache import read_all
+
+HOST = "127.0.0.2"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+async def zdb_read_all(host: str, port: int, ids: list[str], clients: int, size: int) -> int:
+    """``GET <raw id>`` for every id over ``clients`` connections, one at a time each; returns bytes received."""
+    total = 0
+
+    async def worker(part: list[str]) -> None:
+        nonlocal total
+        stream = await trio.open_tcp_stream(host, port)
+        buffer = bytearray(size + 64)
+        view = memoryview(buffer)
+        sock = stream.socket
+        async with stream:
+            for chunk_id in part:
+                key = bytes.fromhex(chunk_id)
+                await stream.send_all(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key))
+                filled = 0
+                while (head_end := buffer.find(b"\r\n", 0, filled)) < 0:
+                    n = await sock.recv_into(view[filled:])
+                    if n == 0:
+                        raise ConnectionError("zdb proxy closed the connection")
+                    filled += n
+                if buffer[0:1] != b"$" or buffer[1:2] == b"-":
+                    raise RuntimeError(f"zdb proxy answered {bytes(buffer[:head_end])!r}")
+                length = int(buffer[1:head_end])
+                need = head_end + 2 + length + 2
+                while filled < need:
+                    n = await sock.recv_into(view[filled:need])
+                    if n == 0:
+                        raise ConnectionError("zdb proxy closed the connection")
+                    filled += n
+                total += length
+
+    async with trio.open_nursery() as nursery:
+        for i in range(clients):
+            nursery.start_soon(worker, ids[i::clients])
+    return total
+
+
+async def _timed(read: Callable[[], Awaitable[int]]) -> tuple[int, float]:
+    start = time.perf_counter()
+    got = await read()
+    return got, time.perf_counter() - start
+
+
+async def bench_proxy(chunks: int, clients: int, chunk_kib: int = 512) -> int:
+    size = chunk_kib * 1024
+    with tempfile.TemporaryDirectory(prefix="p2pchunks-proxy-") as tmp:
+        work = Path(tmp)
+        cache_dir = work / "agent"
+        ids = []
+        with ChunkCache(cache_dir, budget_bytes=16 * 2**30, fsync=False) as cache:
+            for _ in range(chunks):
+                data = os.urandom(size)
+                chunk_id = chunk_id_of(data)
+                cache.put(chunk_id, data)
+                ids.append(chunk_id)
+        zdb_port, http_port = _free_port(HOST), _free_port(HOST)
+        config = write_config(
+            work / "agent.toml",
+            {
+                "agent": {"cache_dir": str(cache_dir), "hub": "http://127.0.0.1:9/"},
+                "api": {"listen": f"{HOST}:0"},
+                "swarm": {"enabled": False, "listen": f"{HOST}:0"},
+                "warm": {"official": False},
+                "cache": {"budget_bytes": 16 * 2**30},
+                "rfs": {"zdb_listen": f"{HOST}:{zdb_port}", "http_listen": f"{HOST}:{http_port}"},
+            },
+        )
+        ways: dict[str, Callable[[], Awaitable[int]]] = {
+            "rfs_http": lambda: read_all(HOST, http_port, ids, clients, lambda i: f"/{i[:2]}/{i}", size),
+            "rfs_server": lambda: read_all(HOST, http_port, ids, clients, lambda i: f"/api/v1/block/{i}", size),
+            "zdb": lambda: zdb_read_all(HOST, zdb_port, ids, clients, size),
+        }
+        async with open_agent_process(config):
+            for read in ways.values():  # warm the page cache, the agent and the connections' code paths
+                await read()
+            timed = {name: await _timed(read) for name, read in ways.items()}
+    mbps = {name: got / 1e6 / seconds for name, (got, seconds) in timed.items()}
+    figures = {
+        "chunks": chunks,
+        "chunk_bytes": size,
+        "clients": clients,
+        **{f"{name}_MBps": round(value, 1) for name, value in mbps.items()},
+        "rfs_http_to_zdb_ratio": round(mbps["rfs_http"] / mbps["zdb"], 2),
+        "rfs_server_to_zdb_ratio": round(mbps["rfs_server"] / mbps["zdb"], 2),
+    }
+    print(json.dumps(figures, indent=2))
+    return 0
