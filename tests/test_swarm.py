@@ -7,6 +7,8 @@ from pathlib import Path
 import httpx
 import trio
 
+from p2pchunks.agent.api import agent_status
+from p2pchunks.agent.metrics import render_prometheus
 from p2pchunks.agent.node import Agent
 from p2pchunks.hub.server import open_hub_server
 from p2pchunks.ids import blake2b_verifier
@@ -63,8 +65,19 @@ async def test_a_chunk_only_one_peer_has_never_comes_from_the_hub(tmp_path: Path
         hub.stats.reset()
         await fetch_all([asker], str(image.path), introduce=[holder, asker])
         assert_cache_complete(asker, manifest.chunk_ids)
+        # what each saw of the other, per address, in /status and /metrics
+        assert holder.swarm is not None
+        assert asker.swarm is not None
+        got = agent_status(asker)["peer_bytes"][holder.swarm.settings.host]
+        served = agent_status(holder)["peer_bytes"][asker.swarm.settings.host]
+        metrics = render_prometheus(holder.stats, holder.gauges).decode()
     assert hub.stats.total_bytes == 0
     assert asker.stats.chunks_from_peers == len(manifest.chunk_ids)
+    assert got["down"] >= manifest.unique_bytes
+    assert served["up"] >= manifest.unique_bytes
+    assert holder.stats.bytes_to_peers >= manifest.unique_bytes
+    exposed = [line.split()[1] for line in metrics.splitlines() if line.startswith("p2pchunks_bytes_to_peers_total ")]
+    assert [float(value) for value in exposed] == [holder.stats.bytes_to_peers]
 
 
 async def test_hub_outage_peers_finish_and_missing_chunks_are_503_until_the_hub_returns(tmp_path: Path) -> None:

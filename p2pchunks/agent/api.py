@@ -265,7 +265,10 @@ def job_json(job: Job) -> dict[str, Any]:
 
 
 def agent_status(agent: Agent) -> dict[str, Any]:
-    """What ``GET /status`` answers."""
+    """What ``GET /status`` answers. ``peer_bytes``: payload ``{ip: {"down", "up"}}`` per peer address, ever."""
+    ledger = agent.swarm.refresh_peer_bytes() if agent.swarm else None
+    if ledger is not None:
+        agent.stats.bytes_to_peers = ledger.uploaded
     return {
         "mode": agent.config.agent.mode,
         "hub": agent.config.agent.hub,
@@ -278,6 +281,7 @@ def agent_status(agent: Agent) -> dict[str, Any]:
             for m in agent.manifests.values()
         ],
         "jobs": [job_json(job) for job in agent.jobs.values()],
+        "peer_bytes": ledger.as_json() if ledger is not None else {},
         "warm": None
         if agent.warmer is None
         else {

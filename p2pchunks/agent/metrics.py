@@ -24,6 +24,8 @@ class AgentStats:
     chunks_from_hub: int = 0
     bytes_from_peers: int = 0
     bytes_from_hub: int = 0
+    bytes_to_peers: int = 0
+    """Payload uploaded to peers (the swarm's peer ledger, read every second and on each status request)."""
     bytes_served_api: int = 0
     corrupt_from_peers: int = 0
     corrupt_from_hub: int = 0
@@ -45,6 +47,7 @@ _COUNTERS = (
     ("chunks_from_hub", "Chunks fetched from the hub"),
     ("bytes_from_peers", "Chunk bytes received from peers"),
     ("bytes_from_hub", "Chunk bytes fetched from the hub"),
+    ("bytes_to_peers", "Payload bytes uploaded to peers (what this node served the swarm)"),
     ("bytes_served_api", "Chunk bytes served by the local API"),
     ("corrupt_from_peers", "Pieces from peers that failed verification"),
     ("corrupt_from_hub", "Chunks from the hub that failed verification"),

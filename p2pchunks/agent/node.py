@@ -381,4 +381,6 @@ async def _run_swarm(
 ) -> None:
     async with open_swarm(settings, directory, agent.events.send) as swarm:
         task_status.started(swarm)
-        await trio.sleep_forever()
+        while True:  # libtorrent forgets a connection's byte counts when it closes: read them while it lives
+            agent.stats.bytes_to_peers = swarm.refresh_peer_bytes().uploaded
+            await trio.sleep(1.0)

@@ -27,6 +27,7 @@ import trio
 
 from ..formats.manifest import Manifest
 from .alerts import ALERT_MASK, SwarmEvent, pump_alerts
+from .peerbytes import ConnectionCount, PeerLedger
 
 Profile = Literal["node", "seed"]
 
@@ -190,6 +191,14 @@ class Torrent:
             )
         return views
 
+    def peer_counters(self) -> list[ConnectionCount]:
+        """Payload bytes each live connection has carried since it opened (libtorrent's per-peer totals)."""
+        out = []
+        for peer in self.handle.get_peer_info():
+            ip, port = peer.ip
+            out.append(ConnectionCount(self.infohash, str(ip), int(port), peer.total_download, peer.total_upload))
+        return out
+
     def local_ips(self) -> set[str]:
         """Our own address as seen on our peer connections."""
         return {str(peer.local_endpoint[0]) for peer in self.handle.get_peer_info()}
@@ -254,6 +263,7 @@ class Swarm:
         self.save_path = save_path
         self.torrents: dict[str, Torrent] = {}
         self.banned: list[tuple[str, str]] = []
+        self.peer_ledger = PeerLedger()
 
     @property
     def listen_port(self) -> int:
@@ -287,9 +297,15 @@ class Swarm:
         return torrent
 
     def remove(self, infohash: str) -> None:
+        self.refresh_peer_bytes()  # the torrent's connections close with it: count them first
         torrent = self.torrents.pop(infohash, None)
         if torrent is not None:
             self._session.remove_torrent(torrent.handle)
+
+    def refresh_peer_bytes(self) -> PeerLedger:
+        """Read every connection's payload counters into the ledger (call it often: see ``peerbytes``)."""
+        self.peer_ledger.update(count for torrent in self.torrents.values() for count in torrent.peer_counters())
+        return self.peer_ledger
 
     def torrents_with(self, chunk_id: str) -> list[Torrent]:
         return [t for t in self.torrents.values() if chunk_id in t.chunk_set]
