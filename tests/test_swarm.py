@@ -145,6 +145,41 @@ async def test_strict_nat_nodes_complete_through_a_seed(tmp_path: Path) -> None:
     assert hub.stats.total_bytes == 0
 
 
+async def test_a_seed_fetching_an_image_takes_it_from_the_hub_alone_and_nat_nodes_wait_for_it(tmp_path: Path) -> None:
+    image = make_image(tmp_path, mib=2)
+    manifest = image.manifest
+    seed_ip = address()
+    async with open_hub_server(tmp_path / "hub") as (hub, url):
+        seed_cfg = agent_config(
+            tmp_path, url, name="seed", ip=seed_ip, agent={"mode": "seed"},
+            tracker={"enabled": True, "listen": f"{seed_ip}:0"},
+        )  # fmt: skip
+        async with agents([seed_cfg]) as (seed,):
+            tracker = f"http://{seed_ip}:{seed.tracker_port}/announce"
+            # behind strict NAT (inbound off), and in no hurry: they count on the seed the tracker announces
+            nat_cfgs = [
+                agent_config(
+                    tmp_path,
+                    url,
+                    name=f"nat{i}",
+                    swarm={"inbound": False, "trackers": [tracker]},
+                    fetch={"discovery_grace_s": 5.0},
+                )
+                for i in range(2)
+            ]
+            async with agents(nat_cfgs) as nats:
+                seed_job = await seed.fetch(str(image.path))  # the seed takes the image on first
+                reports = await fetch_all(nats, str(image.path), introduce=[seed, *nats])
+                with trio.fail_after(DEADLINE):
+                    await seed_job.done.wait()
+                for nat in nats:
+                    assert_cache_complete(nat, manifest.chunk_ids)
+    assert seed_job.report is not None
+    assert set(seed_job.report.hub_reasons) == {"SEEDING"}
+    assert [r["bytes_from_hub"] for r in reports] == [0, 0]
+    assert hub.stats.total_bytes == manifest.unique_bytes
+
+
 async def test_a_fresh_node_finds_a_holder_through_the_seed_tracker(tmp_path: Path) -> None:
     image = make_image(tmp_path, mib=1)
     manifest = image.manifest

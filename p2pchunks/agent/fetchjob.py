@@ -109,6 +109,7 @@ class FetchJob:
         missing: Missing,
         deliver: Deliver,
         me: str,
+        seed: bool = False,
         params: FetchParams | None = None,
         tick_s: float = 0.1,
         clock: Callable[[], float] = trio.current_time,
@@ -120,6 +121,7 @@ class FetchJob:
         self._missing = missing
         self._deliver = deliver
         self._me = me
+        self._seed = seed
         self._params = params or FetchParams()
         self._tick = tick_s
         self._clock = clock
@@ -223,6 +225,7 @@ class FetchJob:
         availability: list[int] = []
         candidates = {self._me}
         stalled: frozenset[str] = frozenset()
+        seeded = False
         now = self._clock()
         if torrent is not None:
             availability = torrent.availability()
@@ -239,8 +242,10 @@ class FetchJob:
             recent = {ip for ip, seen in self._seen.items() if now - seen < self._params.owner_stall_s}
             candidates |= recent
             stalled = stall.update({peer.ip: peer.pieces for peer in peers}, now)
-            rate = torrent.status().download_payload_rate
-            slow = rate < self._params.peer_floor_bps and any(availability)
+            status = torrent.status()
+            seeded = status.num_complete > 0  # the trackers' count (-1: unknown)
+            rate = status.download_payload_rate
+            slow = rate < self._params.peer_floor_bps and (any(availability) or seeded)
             slow_since = (slow_since if slow_since is not None else now) if slow else None
         frozen = frozenset(candidates)
         if frozen != self._owners_for:
@@ -263,6 +268,8 @@ class FetchJob:
             hub_inflight=frozenset(self._inflight),
             slow_for_s=0.0 if slow_since is None else now - slow_since,
             stable_for_s=now - self._stable_since,
+            seeded=seeded,
+            seed=self._seed,
         )
         return view, wanted, slow_since
 

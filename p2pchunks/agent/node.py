@@ -281,6 +281,7 @@ class Agent:
             missing=self._missing,
             deliver=self.deliver,
             me=self.me,
+            seed=self.config.agent.mode == "seed",
             params=self.fetch_params,
         )
         job.job = fetch_job
@@ -299,6 +300,14 @@ class Agent:
             job.report = fetch_job.report
         finally:
             job.done.set()
+
+    def fetching(self, info_hash: bytes) -> bool:
+        """Whether a running job fetches the torrent announced as ``info_hash`` (a v2 infohash, truncated to 20
+        bytes as announces carry it)."""
+        return any(
+            job.state == "running" and (job.manifest.infohash or "")[:40] == info_hash.hex()
+            for job in self.jobs.values()
+        )
 
     # ---- status -----------------------------------------------------------------------------------------------
 
@@ -355,7 +364,8 @@ async def open_agent(config: Config, *, swarm: bool | None = None) -> AsyncItera
             await agent._load_known_manifests()
             agent.api_port = await nursery.start(serve_api, agent)
             if config.tracker.enabled:
-                agent.tracker = Tracker(interval=config.tracker.interval_s)
+                committed = agent.fetching if config.agent.mode == "seed" else None
+                agent.tracker = Tracker(interval=config.tracker.interval_s, committed=committed)
                 host, port = split_hostport(config.tracker.listen)
                 agent.tracker_port = await nursery.start(partial(serve_http, agent.tracker.handle, host, port))
             if config.rfs.zdb_listen:
