@@ -45,16 +45,17 @@ def _add_knobs(parser: argparse.ArgumentParser) -> None:
         "--hub-mbps", type=float, default=None, help=f"hub egress cap (0: none; default {defaults.hub_mbps})"
     )
     parser.add_argument("--up-mbps", type=float, default=None, help="per-node upload cap (0: none; default: none, "
-                        "NAT scenarios 100)")  # fmt: skip
+                        "NAT scenarios 1000)")  # fmt: skip
     parser.add_argument("--down-mbps", type=float, default=None, help="per-node download cap (as --up-mbps)")
     parser.add_argument("--wan-mbps", type=float, default=None, help="each NAT farm's WAN cap, both ways (0: none; "
-                        "default: none, nat-farms 50)")  # fmt: skip
+                        "default: none, nat-behind-seed 100, nat-farms 50)")  # fmt: skip
     parser.add_argument(
         "--seeds", type=int, default=None, help=f"seeds of the NAT scenarios (default {defaults.seeds})"
     )
     parser.add_argument("--seed-mbps", type=float, default=None, help=f"the seeds' caps in the NAT scenarios "
                         f"(0: none; default {defaults.seed_mbps})")  # fmt: skip
     parser.add_argument("--farms", type=int, default=None, help="farms (default 1; nat-farms 3)")
+    parser.add_argument("--utp", action="store_true", default=None, help="uTP besides TCP (default off)")
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--stagger-s", type=float, default=None)
     parser.add_argument("--deadline-s", type=float, default=None, help=f"default {defaults.deadline_s}")

@@ -11,8 +11,8 @@
 ``churn``        a quarter of the nodes leave mid-deploy and as many fresh ones join.
 ``update-storm`` N nodes warm K official images after a release; staggered (``--stagger-s``) or not.
 
-Knobs a scenario does not set come from ``SCENARIO_DEFAULTS`` (``knobs_for``): the NAT scenarios cap each node at
-a LAN rate, so their bound means something.
+Knobs a scenario does not set come from ``SCENARIO_DEFAULTS`` (``knobs_for``): the NAT scenarios give each node a
+gigabit LAN port and each farm's router a slower WAN, as on a real farm (and so their bound means something).
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ NAT_SCENARIOS = ("nat-behind-seed", "nat-farms")
 NAT_FARM_SIZE = 4
 """Nodes per farm in ``nat-farms`` when ``--nodes`` is not given."""
 SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
-    "nat-behind-seed": {"up_mbps": 100.0, "down_mbps": 100.0},
-    "nat-farms": {"farms": 3, "up_mbps": 100.0, "down_mbps": 100.0, "wan_mbps": 50.0},
+    # a farm: a gigabit LAN behind a router whose WAN is what limits it
+    "nat-behind-seed": {"up_mbps": 1000.0, "down_mbps": 1000.0, "wan_mbps": 100.0},
+    "nat-farms": {"farms": 3, "up_mbps": 1000.0, "down_mbps": 1000.0, "wan_mbps": 50.0},
 }
 
 
@@ -59,6 +60,8 @@ class Knobs:
     """The seeds' up and down caps in the NAT scenarios (a public uplink)."""
     wan_mbps: float | None = None
     """The WAN cap (both ways) of each NAT farm's router."""
+    utp: bool = False
+    """uTP besides TCP (off by default: slow on loopback; BEP 55 hole punching needs it)."""
 
 
 def knobs_for(name: str, **given: Any) -> Knobs:
@@ -149,9 +152,22 @@ async def run(name: str, knobs: Knobs, workdir: Path | None = None) -> dict[str,
             extra = storm_config(work, knobs)
             options.warm_only = True
             options.scenario = f"update-storm({'staggered' if knobs.stagger_s else 'at once'})"
+        if knobs.utp:
+            extra = with_utp(extra)
         result = await Run(topo, options, backend, node_extra=extra).execute()
     result["knobs"] = dataclasses.asdict(knobs)
     return result
+
+
+def with_utp(extra: Any) -> Any:
+    """``extra`` (a node's extra config sections, or None) with uTP turned on."""
+
+    def config(node: NodeSpec) -> dict[str, dict[str, Any]]:
+        sections: dict[str, dict[str, Any]] = dict(extra(node)) if extra else {}
+        sections["swarm"] = {**sections.get("swarm", {}), "utp": True}
+        return sections
+
+    return config
 
 
 def storm_config(work: Path, knobs: Knobs) -> Any:

@@ -13,7 +13,7 @@ from netsim.topology import WanSpec
 def test_knobs_given_beat_scenario_defaults_which_beat_knobs_defaults() -> None:
     assert knobs_for("farm-deploy") == Knobs()
     nat = knobs_for("nat-behind-seed")
-    assert (nat.up_mbps, nat.down_mbps, nat.nodes) == (100.0, 100.0, 4)
+    assert (nat.up_mbps, nat.down_mbps, nat.wan_mbps, nat.nodes) == (1000.0, 1000.0, 100.0, 4)
     farms = knobs_for("nat-farms")
     assert (farms.farms, farms.nodes, farms.wan_mbps) == (3, 12, 50.0)
     assert knobs_for("nat-farms", farms=5).nodes == 20
@@ -28,7 +28,7 @@ def test_nat_behind_seed_is_one_router_and_a_full_seed() -> None:
     assert {n.role for n in nat} == {"nat"}
     assert len(nat) == 8
     assert list(t.nat_farms()) == ["farm0"]
-    assert t.wan == ()
+    assert t.wan == (WanSpec("farm0", 100.0, 100.0),)
     assert len(t.fetchers) == 8
 
 

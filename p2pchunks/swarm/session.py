@@ -39,7 +39,8 @@ class SwarmSettings:
     listen: str = "0.0.0.0:6881"
     profile: Profile = "node"
     inbound: bool = True
-    """False models strict NAT: no inbound connection is accepted (DHT, LSD and outgoing stay alive)."""
+    """False: no inbound connection is accepted, farm-mates' included (DHT, LSD and outgoing stay alive). The loopback
+    tests' stand-in for strict NAT; behind a real NAT router inbound stays on (the router blocks the outside)."""
     utp: bool = True
     dht: bool = True
     dht_bootstrap: tuple[tuple[str, int], ...] = ()
