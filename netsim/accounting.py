@@ -71,6 +71,7 @@ def node_account(
     from_hub: int,
     peer_bytes: Mapping[str, Mapping[str, int]],
     addresses: Addresses,
+    done_s: float | None = None,
 ) -> dict[str, Any]:
     """One node's line of the result's ``per_node``."""
     down, up = classify(topo, node, peer_bytes, addresses)
@@ -78,6 +79,7 @@ def node_account(
         "farm": node.farm,
         "role": node.role,
         "fetches": node.fetches,
+        "done_s": None if done_s is None else round(done_s, 3),
         "from_hub": from_hub,
         "from_peers": down,
         "to_peers": up,

@@ -55,6 +55,11 @@ def _mib(value: Any) -> str:
     return "-" if value is None else f"{float(value) / MIB:,.1f} MiB"
 
 
+def _number(value: Any) -> str:
+    """Bytes as MiB, without the unit (table columns name it)."""
+    return f"{float(value) / MIB:,.1f}"
+
+
 def _quantile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
@@ -109,16 +114,15 @@ def _source_rows(result: Mapping[str, Any], image: float) -> list[tuple[str, str
     return rows
 
 
-NODE_COLUMNS = ("node", "farm", "role", "done", "hub", "farm-mates", "seeds", "other farms", "uploaded")
+NODE_COLUMNS = ("node", "farm", "role", "done", "MiB from hub", "farm-mates", "seeds", "other farms", "uploaded")
 
 
 def node_rows(result: Mapping[str, Any]) -> list[tuple[str, ...]]:
-    """One row per node of ``per_node`` (empty without it): bytes from each source, and uploaded."""
+    """One row per node of ``per_node`` (empty without it): MiB from each source, and uploaded."""
     per_node: Mapping[str, Mapping[str, Any]] = result.get("per_node") or {}
-    done = iter(result["per_node_done_s"])
     rows: list[tuple[str, ...]] = []
     for name, line in per_node.items():
-        finished = next(done, None) if line.get("fetches", True) else None
+        finished = line.get("done_s")
         peers = line["from_peers"]
         rows.append(
             (
@@ -126,11 +130,11 @@ def node_rows(result: Mapping[str, Any]) -> list[tuple[str, ...]]:
                 str(line["farm"]),
                 str(line["role"]),
                 _seconds(finished) if line.get("fetches", True) else "full",
-                _mib(line["from_hub"]),
-                _mib(peers.get("farm", 0)),
-                _mib(peers.get("seed", 0)),
-                _mib(peers.get("other", 0) + peers.get("unknown", 0)),
-                _mib(line["uploaded"]),
+                _number(line["from_hub"]),
+                _number(peers.get("farm", 0)),
+                _number(peers.get("seed", 0)),
+                _number(peers.get("other", 0) + peers.get("unknown", 0)),
+                _number(line["uploaded"]),
             )
         )
     return rows

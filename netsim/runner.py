@@ -362,7 +362,8 @@ class Run:
             seen_as={n.spec.name: self.backend.seen_as(n.spec) for n in self.nodes},
         )
         per_node = {
-            n.spec.name: node_account(self.topo, n.spec, n.bytes_from_hub, n.peer_bytes, addresses) for n in self.nodes
+            n.spec.name: node_account(self.topo, n.spec, n.bytes_from_hub, n.peer_bytes, addresses, n.done_s)
+            for n in self.nodes
         }
         last = max(done) if len(done) == len([n for n in fetching if not n.left]) and done else None
         image_bytes = self.image_bytes * self.options.images

@@ -64,8 +64,9 @@ def test_totals_sum_fetchers_by_source_and_seed_uploads() -> None:
     per_node = {
         "seed": node_account(TOPO, SEED, 0, {"10.231.0.10": {"down": 0, "up": 40}}, LAB),
         "a1": node_account(TOPO, A1, 10, {"10.231.0.3": {"down": 40, "up": 0}, "10.231.128.3": {"up": 20}}, LAB),
-        "a2": node_account(TOPO, A2, 0, {"10.231.128.2": {"down": 20, "up": 0}}, LAB),
+        "a2": node_account(TOPO, A2, 0, {"10.231.128.2": {"down": 20, "up": 0}}, LAB, done_s=2.34567),
     }
+    assert (per_node["a1"]["done_s"], per_node["a2"]["done_s"]) == (None, 2.346)
     assert per_node["a1"]["uploaded"] == 20
     assert per_node["seed"]["fetches"] is False
     assert totals(per_node) == {
