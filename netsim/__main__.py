@@ -18,40 +18,48 @@ from typing import Any
 import trio
 
 from .report import plot, print_table, validate_result, write_json
-from .scenarios import SCENARIOS, Knobs, run, topology
+from .scenarios import SCENARIOS, Knobs, knobs_for, run, topology
+
+_RATES = ("hub_mbps", "up_mbps", "down_mbps", "wan_mbps", "seed_mbps")
+"""Knobs where 0 means uncapped."""
 
 
-def _knobs(args: argparse.Namespace) -> Knobs:
-    return Knobs(
-        nodes=args.nodes,
-        image_mib=args.image_mib,
-        chunk_kib=args.chunk_kib,
-        hub_latency_ms=args.hub_latency_ms,
-        hub_mbps=None if args.hub_mbps <= 0 else args.hub_mbps,
-        up_mbps=args.up_mbps,
-        down_mbps=args.down_mbps,
-        farms=args.farms,
-        images=args.images,
-        stagger_s=args.stagger_s,
-        deadline_s=args.deadline_s,
-        backend=args.backend,
-    )
+def _knobs(args: argparse.Namespace, scenario: str = "farm-deploy") -> Knobs:
+    """The knobs given on the command line over the scenario's defaults (``scenarios.knobs_for``)."""
+    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(Knobs)}
+    given = {name: value for name, value in given.items() if value is not None}
+    for name in _RATES:
+        if name in given and given[name] <= 0:
+            given[name] = None
+    return knobs_for(scenario, **given)
 
 
 def _add_knobs(parser: argparse.ArgumentParser) -> None:
     defaults = Knobs()
-    parser.add_argument("--nodes", type=int, default=defaults.nodes)
-    parser.add_argument("--image-mib", type=float, default=defaults.image_mib)
-    parser.add_argument("--chunk-kib", type=int, default=defaults.chunk_kib)
-    parser.add_argument("--hub-latency-ms", type=float, default=defaults.hub_latency_ms)
-    parser.add_argument("--hub-mbps", type=float, default=defaults.hub_mbps, help="hub egress cap (0: none)")
-    parser.add_argument("--up-mbps", type=float, default=None, help="per-node upload cap")
-    parser.add_argument("--down-mbps", type=float, default=None, help="per-node download cap")
-    parser.add_argument("--farms", type=int, default=1)
-    parser.add_argument("--images", type=int, default=1)
-    parser.add_argument("--stagger-s", type=float, default=0.0)
-    parser.add_argument("--deadline-s", type=float, default=defaults.deadline_s)
-    parser.add_argument("--backend", choices=["loopback", "netns"], default="loopback")
+    parser.add_argument("--nodes", type=int, default=None, help=f"fetching nodes (default {defaults.nodes}; "
+                        "nat-farms: 4 per farm)")  # fmt: skip
+    parser.add_argument("--image-mib", type=float, default=None, help=f"default {defaults.image_mib}")
+    parser.add_argument("--chunk-kib", type=int, default=None, help=f"default {defaults.chunk_kib}")
+    parser.add_argument("--hub-latency-ms", type=float, default=None, help=f"default {defaults.hub_latency_ms}")
+    parser.add_argument(
+        "--hub-mbps", type=float, default=None, help=f"hub egress cap (0: none; default {defaults.hub_mbps})"
+    )
+    parser.add_argument("--up-mbps", type=float, default=None, help="per-node upload cap (0: none; default: none, "
+                        "NAT scenarios 1000)")  # fmt: skip
+    parser.add_argument("--down-mbps", type=float, default=None, help="per-node download cap (as --up-mbps)")
+    parser.add_argument("--wan-mbps", type=float, default=None, help="each NAT farm's WAN cap, both ways (0: none; "
+                        "default: none, nat-behind-seed 100, nat-farms 50)")  # fmt: skip
+    parser.add_argument(
+        "--seeds", type=int, default=None, help=f"seeds of the NAT scenarios (default {defaults.seeds})"
+    )
+    parser.add_argument("--seed-mbps", type=float, default=None, help=f"the seeds' caps in the NAT scenarios "
+                        f"(0: none; default {defaults.seed_mbps})")  # fmt: skip
+    parser.add_argument("--farms", type=int, default=None, help="farms (default 1; nat-farms 3)")
+    parser.add_argument("--utp", action="store_true", default=None, help="uTP besides TCP (default off)")
+    parser.add_argument("--images", type=int, default=None)
+    parser.add_argument("--stagger-s", type=float, default=None)
+    parser.add_argument("--deadline-s", type=float, default=None, help=f"default {defaults.deadline_s}")
+    parser.add_argument("--backend", choices=["loopback", "netns"], default=None, help="default loopback")
     parser.add_argument("--workdir", type=Path, default=None)
 
 
@@ -74,11 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "model":
         return _model(args)
-    knobs = _knobs(args)
     if args.command == "run":
-        result = trio.run(run, args.scenario, knobs, args.workdir)
+        result = trio.run(run, args.scenario, _knobs(args, args.scenario), args.workdir)
         _finish([result], args)
         return 0 if not result["errors"] and result["corrupt_chunks"] == 0 else 1
+    knobs = _knobs(args)
     baseline = trio.run(run, "hub-only", knobs, args.workdir)
     swarm = trio.run(run, "farm-deploy", knobs, args.workdir)
     _finish([baseline, swarm], args)

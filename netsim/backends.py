@@ -19,8 +19,22 @@ class Backend(Protocol):
     """Where processes run and how they are addressed."""
 
     hub_address: str
+    nat_standin: bool
+    """True: strict NAT is the agents' ``swarm.inbound = false`` (a NAT node refuses everyone, farm-mates too, and
+    farm WAN caps are not enforced: ``bound.loopback_standin``). False: routers enforce it, as on a real farm."""
+    shapes_links: bool
+    """True: the backend enforces node caps on the links (tbf), so agents get no libtorrent rate limits (both at once
+    slow a 16 MiB transfer at 100 Mbit/s from 1.9 s to 4.4 s in the lab). False: libtorrent enforces them."""
 
     def address(self, node: NodeSpec) -> str: ...
+
+    def seen_as(self, node: NodeSpec) -> str:
+        """The address hosts outside the node's LAN see its connections come from (its router's, behind NAT)."""
+        ...
+
+    def wan_bytes(self) -> dict[str, tuple[int, int]]:
+        """Bytes (received, sent) so far through each NAT farm's router WAN port (empty: no routers)."""
+        ...
 
     def spawn(self, host: str | None, argv: list[str], log: Path) -> subprocess.Popen[bytes]: ...
 
@@ -35,9 +49,17 @@ class LoopbackBackend:
     """Every node a process on its own 127.0.0.x; strict NAT via ``inbound = false``; caps via libtorrent."""
 
     hub_address = "127.0.0.1"
+    nat_standin = True
+    shapes_links = False
 
     def address(self, node: NodeSpec) -> str:
         return node.address
+
+    def seen_as(self, node: NodeSpec) -> str:
+        return node.address
+
+    def wan_bytes(self) -> dict[str, tuple[int, int]]:
+        return {}
 
     def spawn(self, host: str | None, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
         with log.open("ab") as out:

@@ -12,7 +12,9 @@ Assumptions (each a simplification of what the agents do; see ``p2pchunks/fetch.
   approximated as uniform: every byte present in the swarm is equally available to every node lacking it.
 * **Swarm content.** ``A`` is the number of distinct bytes held by active nodes (seeds hold everything). Peers can
   only give a node bytes of ``A`` it lacks, at a total rate ``min(Σ upload, Σ download)`` over active nodes holding
-  something. NAT nodes upload only to public nodes (NAT-to-NAT peers cannot connect); public nodes upload to all.
+  something. NAT nodes upload only to public nodes (NAT-to-NAT peers cannot connect: the loopback backend's
+  stand-in, ``bound.loopback_standin``; farm-mates behind one router and farm WAN caps are not modelled); public
+  nodes upload to all. "Seeds" are the nodes that start full.
   Peer bandwidth is shared in proportion to what each node can still take.
 * **Hub, swarm mode.** The hub sends only bytes no peer has (``F - A``); the nodes split that work without
   duplicates (the rendezvous split of ``fetch.py``), so hub egress adds ``A`` one for one. Hub egress is capped at
@@ -40,7 +42,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .topology import Topology, lower_bound_s
+from .bound import lower_bound_s
+from .topology import Topology
 
 Floats = npt.NDArray[np.float64]
 Bools = npt.NDArray[np.bool_]
@@ -114,7 +117,7 @@ def _classes(topo: Topology) -> _Classes:
     of_node: list[int] = []
     for node, start in zip(topo.nodes, topo.start_times(), strict=True):
         leave = math.inf if node.leave_s is None else node.leave_s
-        key = (node.role == "seed", node.role == "nat", node.up_bps, node.down_bps, start, leave)
+        key = (not node.fetches, not node.public, node.up_bps, node.down_bps, start, leave)
         k = index.setdefault(key, len(index))
         if k == len(counts):
             counts.append(0)

@@ -3,8 +3,10 @@
 Owns creating and removing everything a run needs below the agents: one *switch* namespace holding a bridge (the
 public network), one namespace per host joined to it by a veth pair, and for NAT farms a *router* namespace (a WAN
 veth on the switch, a LAN bridge for the farm's hosts) doing nftables masquerade with every new inbound connection
-dropped. Per-host caps are tbf qdiscs: upload on the host's end of its veth, download on the other end. It must not
-know agents, hubs or scenarios: the runner asks for hosts and starts processes in them with ``run``.
+dropped. Per-host caps are tbf qdiscs: upload on the host's end of its veth, download on the other end; a NAT farm's
+WAN caps the same way on its router's WAN veth (``cap_wan``), whose byte counters tell what crossed it
+(``wan_bytes``). It must not know agents, hubs or scenarios: the runner asks for hosts and starts processes in them
+with ``run``.
 
 Isolation: every address is inside one private test prefix (``10.231.0.0/16`` by default) that exists only in the
 namespaces made here; commands only ever target those namespaces (``ip -n``, ``ip netns exec``), so the root
@@ -25,6 +27,7 @@ import atexit
 import contextlib
 import ipaddress
 import itertools
+import json
 import os
 import re
 import shutil
@@ -142,6 +145,8 @@ class _Router:
     netns: str
     wan: str
     lan: ipaddress.IPv4Network
+    uplink: str = ""
+    """The switch's end of the router's WAN veth."""
     hosts: int = 0
 
 
@@ -256,7 +261,7 @@ class NetnsLab:
         lan = ipaddress.IPv4Network(f"{self._net.network_address + (128 + k) * 256}/24")
         router = _Router(netns, self._take_public(), lan)
         self._namespace(netns)
-        self._plug(self.switch, "br0", netns, "wan")
+        router.uplink = self._plug(self.switch, "br0", netns, "wan")
         self._ip(netns, "addr", "add", f"{router.wan}/17", "dev", "wan")
         self._ip(netns, "link", "add", "lan", "type", "bridge", "mcast_snooping", "0")
         self._ip(netns, "addr", "add", f"{lan.network_address + 1}/24", "dev", "lan")
@@ -309,6 +314,19 @@ class NetnsLab:
         self.hosts[name] = host
         return host
 
+    def cap_wan(self, farm: str, up_mbps: float | None = None, down_mbps: float | None = None) -> None:
+        """Cap what the NAT router of ``farm`` (created by its first NAT host) sends out and lets in."""
+        router = self._routers.get(farm)
+        if router is None:
+            raise BadConfig(f"netns lab: farm {farm!r} has no NAT router (add a NAT host first)")
+        for label, value in (("up_mbps", up_mbps), ("down_mbps", down_mbps)):
+            if value is not None and not value > 0:
+                raise BadConfig(f"netns lab: WAN {label} must be positive or None: {value}")
+        if up_mbps is not None:
+            _tbf(router.netns, "wan", up_mbps)
+        if down_mbps is not None:
+            _tbf(self.switch, router.uplink, down_mbps)
+
     # ---- using ----
 
     def run(self, host: Host, argv: Sequence[str], **popen: Any) -> subprocess.Popen[Any]:
@@ -326,6 +344,25 @@ class NetnsLab:
         netns = self._routers[farm].netns
         listing = _cmd(["ip", "netns", "exec", netns, "nft", "list", "table", "ip", "p2pc"])
         return sum(int(n) for n in re.findall(r"counter packets (\d+) bytes \d+ drop", listing))
+
+    def wan_bytes(self, farm: str) -> tuple[int, int]:
+        """Bytes (received, sent) on the WAN port of ``farm``'s NAT router so far: what entered and left the farm,
+        headers included."""
+        netns = self._routers[farm].netns
+        stats = json.loads(_cmd(["ip", "-n", netns, "-s", "-j", "link", "show", "dev", "wan"]))[0]["stats64"]
+        return int(stats["rx"]["bytes"]), int(stats["tx"]["bytes"])
+
+    def wan_qdiscs(self, farm: str) -> tuple[str, str]:
+        """``tc -s qdisc`` of the router's WAN port (its upload) and of the switch's end (the farm's download)."""
+        router = self._routers[farm]
+        up = _cmd(["ip", "netns", "exec", router.netns, "tc", "-s", "qdisc", "show", "dev", "wan"])
+        down = _cmd(["ip", "netns", "exec", self.switch, "tc", "-s", "qdisc", "show", "dev", router.uplink])
+        return up, down
+
+    @property
+    def nat_farms(self) -> list[str]:
+        """Farms that have a NAT router, in creation order."""
+        return list(self._routers)
 
     def qdisc_stats(self, host: Host) -> str:
         """``tc -s qdisc`` of the host's interface (its upload cap)."""

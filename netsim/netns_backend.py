@@ -1,8 +1,9 @@
 """The netns backend of the netsim runner: every host a network namespace of a :class:`NetnsLab`.
 
 Owns mapping a ``Topology`` onto a lab (one public host for the hub, one host per node: NAT nodes behind their
-farm's router, caps as tbf) and the only way the harness reaches into it. It must not know scenarios or what the
-processes it starts do, beyond the two ports the runner uses (the agents' API and the hub).
+farm's router, which does the blocking — the agents keep inbound on —, caps and farm WAN caps as tbf) and the only
+way the harness reaches into it. It must not know scenarios or what the processes it starts do, beyond the two
+ports the runner uses (the agents' API and the hub).
 
 How the harness (root namespace, no route into the lab) talks to the hub and the agents' APIs — a unix-socket
 bridge through the filesystem, because path-bound unix sockets belong to no network namespace:
@@ -166,6 +167,9 @@ def _release(lab: NetnsLab, forwarders: list[subprocess.Popen[bytes]], directory
 class NetnsBackend:
     """A :class:`NetnsLab` holding the hub and every node of ``topo``; reached through :meth:`http_transport`."""
 
+    nat_standin = False
+    shapes_links = True
+
     def __init__(self, topo: Topology, subnet: str = DEFAULT_SUBNET) -> None:
         self.lab = NetnsLab(subnet)
         self.hosts: dict[str, Host] = {}
@@ -179,8 +183,10 @@ class NetnsBackend:
             self.hub_address = hub.address
             for node in topo.nodes:
                 self.hosts[node.name] = self.lab.add_host(
-                    node.name, node.farm, nat=node.role == "nat", up_mbps=node.up_mbps, down_mbps=node.down_mbps
+                    node.name, node.farm, nat=not node.public, up_mbps=node.up_mbps, down_mbps=node.down_mbps
                 )
+            for link in topo.wan:
+                self.lab.cap_wan(link.farm, link.up_mbps, link.down_mbps)
             started = [self._forward(hub, "hub", hub.address, hub.address, HUB_PORT)]
             for i, host in enumerate(self.hosts.values()):
                 started.append(self._forward(host, f"n{i}", host.address, "127.0.0.1", API_PORT))
@@ -207,6 +213,12 @@ class NetnsBackend:
     def address(self, node: NodeSpec) -> str:
         """The node's lab address (private for a NAT node): where its swarm listens and its API is reached."""
         return self.hosts[node.name].address
+
+    def seen_as(self, node: NodeSpec) -> str:
+        return self.hosts[node.name].seen_as
+
+    def wan_bytes(self) -> dict[str, tuple[int, int]]:
+        return {farm: self.lab.wan_bytes(farm) for farm in self.lab.nat_farms}
 
     def http_transport(self) -> httpx.AsyncBaseTransport:
         """A new transport for the harness's client: lab URLs, carried over the forwarders' unix sockets."""

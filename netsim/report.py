@@ -3,7 +3,8 @@
 Owns the shape every runner's result must have (``REQUIRED_KEYS``, ``validate_result``) and its three renderings.
 It must not know how a result was produced (loopback, netns or the flow model): a result is a plain dict of JSON
 values. Optional keys it understands: ``timeline`` (rows ``[t_s, nodes_done, hub_bytes]`` or
-``[t_s, nodes_done, hub_bytes, peer_bytes]``), ``left`` (names of nodes that left), ``backend``.
+``[t_s, nodes_done, hub_bytes, peer_bytes]``), ``left`` (names of nodes that left), ``backend``, and the accounting
+of ``accounting.py``: ``bytes_by_source`` (totals), ``per_node`` (a line per node) and ``wan`` (per NAT farm).
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ def _mib(value: Any) -> str:
     return "-" if value is None else f"{float(value) / MIB:,.1f} MiB"
 
 
+def _number(value: Any) -> str:
+    """Bytes as MiB, without the unit (table columns name it)."""
+    return f"{float(value) / MIB:,.1f}"
+
+
 def _quantile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
@@ -84,6 +90,53 @@ def summary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
     if result.get("left"):
         rows.append(("left", str(len(result["left"]))))
+    rows += _source_rows(result, image)
+    return rows
+
+
+def _times(value: float, image: float) -> str:
+    return _mib(value) + (f" ({value / image:.2f}× image)" if image else "")
+
+
+def _source_rows(result: Mapping[str, Any], image: float) -> list[tuple[str, str]]:
+    """Where fetching nodes' bytes came from, what seeds uploaded, what entered each NAT farm."""
+    sources = result.get("bytes_by_source")
+    rows: list[tuple[str, str]] = []
+    if sources:
+        for label, key in (("from farm-mates", "from_farm"), ("from seeds", "from_seed"), ("from other farms",
+                           "from_other"), ("from unknown peers", "from_unknown")):  # fmt: skip
+            if key != "from_unknown" or sources.get(key):
+                rows.append((label, _mib(sources.get(key, 0))))
+        if result.get("seeds"):
+            rows.append(("seed upload", _times(sources.get("seed_upload", 0), image)))
+    for farm, link in sorted((result.get("wan") or {}).items()):
+        rows.append((f"WAN in/out {farm}", f"{_times(link['in_bytes'], image)} / {_mib(link['out_bytes'])}"))
+    return rows
+
+
+NODE_COLUMNS = ("node", "farm", "role", "done", "MiB from hub", "farm-mates", "seeds", "other farms", "uploaded")
+
+
+def node_rows(result: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """One row per node of ``per_node`` (empty without it): MiB from each source, and uploaded."""
+    per_node: Mapping[str, Mapping[str, Any]] = result.get("per_node") or {}
+    rows: list[tuple[str, ...]] = []
+    for name, line in per_node.items():
+        finished = line.get("done_s")
+        peers = line["from_peers"]
+        rows.append(
+            (
+                name,
+                str(line["farm"]),
+                str(line["role"]),
+                _seconds(finished) if line.get("fetches", True) else "full",
+                _number(line["from_hub"]),
+                _number(peers.get("farm", 0)),
+                _number(peers.get("seed", 0)),
+                _number(peers.get("other", 0) + peers.get("unknown", 0)),
+                _number(line["uploaded"]),
+            )
+        )
     return rows
 
 
@@ -97,6 +150,12 @@ def print_table(result: Mapping[str, Any], console: Console | None = None) -> No
         table.add_row(label, text, style=style)
     out = console or Console()
     out.print(table)
+    nodes = node_rows(result)
+    if nodes:
+        per_node = Table(*NODE_COLUMNS, title="bytes per node")
+        for row in nodes:
+            per_node.add_row(*row)
+        out.print(per_node)
     for error in result["errors"]:
         out.print(f"[red]error:[/red] {error}", markup=True, highlight=False)
 

@@ -4,16 +4,15 @@ Owns the life of one run: build and publish the image, start the hub (``p2pchunk
 (``p2pchunks agent|seed --config``) through a backend (loopback: each node on its own 127.0.0.x; netns: each node
 in its own network namespace), drive them through their local APIs (fetch, warm), apply churn and hub outages
 on schedule, and collect what happened: per-node completion times, hub egress (the hub's own counter), bytes
-from peers, and every chunk of every cache re-verified at the end.
+from peers by peer class (each agent's ``/status`` → ``peer_bytes``, classified by ``accounting``), what crossed
+each NAT farm's WAN, and every chunk of every cache re-verified at the end.
 
 Every wait is bounded (``deadline_s``); every process is stopped at the end, also on failure.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -30,14 +29,14 @@ from p2pchunks.cache.store import ChunkCache
 from p2pchunks.errors import BadConfig
 from p2pchunks.hub.publish import publish
 
+from .accounting import Addresses, node_account, totals, wan_usage
 from .backends import Backend, LoopbackBackend, free_port
-from .topology import NodeSpec, Topology, lower_bound_s
+from .bound import loopback_standin, lower_bound_s
+from .nodeconfig import API_PORT, make_image, node_config
+from .topology import NodeSpec, Topology
 
-API_PORT = 7760
 HUB_PORT = 8080
 """The hub's port on backends other than loopback (which picks a free one)."""
-SWARM_PORT = 6881
-TRACKER_PORT = 6969
 
 
 @dataclass
@@ -53,6 +52,8 @@ class NodeRun:
     error: str = ""
     left: bool = False
     hub_reasons: dict[str, int] = field(default_factory=dict)
+    peer_bytes: dict[str, dict[str, int]] = field(default_factory=dict)
+    """The agent's ``/status`` → ``peer_bytes`` at the end of the run."""
 
 
 @dataclass
@@ -67,74 +68,6 @@ class RunOptions:
     """Nodes warm their official list by themselves (update-storm): wait for that instead of fetching."""
     keep: bool = False
     events: list[tuple[float, str]] = field(default_factory=list)
-
-
-def make_image(root: Path, size_bytes: int, hot_fraction: float, seed: int) -> list[str]:
-    """A VM-like tree: a hot ``boot/`` part (``hot_fraction`` of the bytes) and a big ``disk.raw``."""
-    rng = random.Random(seed)
-    (root / "boot").mkdir(parents=True, exist_ok=True)
-    hot = max(1, int(size_bytes * hot_fraction))
-    (root / "boot" / "kernel").write_bytes(rng.randbytes(hot))
-    with (root / "disk.raw").open("wb") as fh:
-        left = size_bytes - hot
-        while left > 0:
-            n = min(left, 4 * 2**20)
-            fh.write(rng.randbytes(n))
-            left -= n
-    return ["boot/kernel"]
-
-
-def node_config(
-    topo: Topology,
-    node: NodeSpec,
-    address: str,
-    hub_url: str | list[str],
-    work: Path,
-    seeds: list[str],
-    extra: dict[str, dict[str, Any]] | None = None,
-    routers: list[str] | None = None,
-) -> str:
-    """The TOML config of one node. DHT bootstrap: the seeds, else ``routers`` (the farm's first node)."""
-
-    def mbps(value: float | None) -> int:
-        return 0 if value is None else int(value * 1e6 / 8)
-
-    trackers = [f"http://{s}:{TRACKER_PORT}/announce" for s in seeds]
-    bootstrap = [f"{s}:{SWARM_PORT}" for s in (seeds or routers or []) if s != address]
-    sections: dict[str, dict[str, Any]] = {
-        "agent": {
-            "cache_dir": str(work / "nodes" / node.name),
-            "hub": hub_url,
-            "farm": node.farm,
-            "mode": "seed" if node.role == "seed" else "node",
-        },
-        "api": {"listen": f"{address}:{API_PORT}"},
-        "swarm": {
-            "enabled": topo.swarm,
-            "listen": f"{address}:{SWARM_PORT}",
-            "inbound": node.role != "nat",
-            "utp": False,
-            "lsd": True,
-            "dht": True,
-            "upload_rate_bps": mbps(node.up_mbps),
-            "download_rate_bps": mbps(node.down_mbps),
-            "limit_local_peers": True,
-            "bootstrap": bootstrap,
-            "trackers": trackers,
-        },
-        "cache": {"budget_bytes": 64 * 2**30},
-        "fetch": {"hub_timeout_s": 30.0, "job_timeout_s": 3600.0},
-        "tracker": {"enabled": node.role == "seed", "listen": f"{address}:{TRACKER_PORT}"},
-        "warm": {"official": False},
-    }
-    for name, values in (extra or {}).items():
-        sections.setdefault(name, {}).update(values)
-    lines = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        lines.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
-        lines.append("")
-    return "\n".join(lines)
 
 
 class Run:
@@ -160,6 +93,9 @@ class Run:
         self.image_names: list[str] = []
         self.hub_stats: dict[str, Any] = {}
         self.timeline: list[tuple[float, int, int]] = []  # (t, nodes done, hub bytes)
+        self.wan: dict[str, dict[str, int]] = {}
+        self._seeds_fetching = trio.Event()
+        self._seeds_pending = 0
 
     # ---- set-up ---------------------------------------------------------------------------------------------
 
@@ -218,8 +154,13 @@ class Run:
         extra = self.node_extra(node.spec) if self.node_extra else None
         config = self.work / "nodes" / f"{node.spec.name}.toml"
         routers = [self.nodes[0].address]
+        backend = self.backend
         hubs = self.hub_urls if len(self.hub_urls) > 1 else self.hub_url
-        config.write_text(node_config(self.topo, node.spec, node.address, hubs, self.work, seeds, extra, routers))
+        text = node_config(
+            self.topo, node.spec, node.address, hubs, self.work, seeds, extra, routers,
+            nat_standin=backend.nat_standin, shapes_links=backend.shapes_links,
+        )  # fmt: skip
+        config.write_text(text)
         command = "seed" if node.spec.role == "seed" else "agent"
         node.process = self.backend.spawn(
             node.spec.name, self._python(command, "--config", str(config)), self.work / "logs" / f"{node.spec.name}.log"
@@ -251,16 +192,23 @@ class Run:
                 await self._boot_nodes(http)
                 for url in self.hub_urls:
                     await http.post(f"{url}_stats/reset")
+                wan_before = self.backend.wan_bytes()
                 start = trio.current_time()
+                self._seeds_fetching = trio.Event()
+                self._seeds_pending = sum(1 for n in self.nodes if n.spec.fetches and n.spec.role == "seed")
+                if not self._seeds_pending:
+                    self._seeds_fetching.set()
                 with trio.fail_after(self.options.deadline_s):
                     async with trio.open_nursery() as nursery:
                         for node, offset in zip(self.nodes, self.topo.start_times(), strict=True):
-                            if node.spec.role != "seed":
+                            if node.spec.fetches:
                                 nursery.start_soon(self._drive_node, http, node, start, start + offset)
                         for url, hub in zip(self.hub_urls, self.topo.hubs, strict=True):
                             nursery.start_soon(self._outages, http, url, hub.down, start)
                         nursery.start_soon(self._sample, http, start, nursery.cancel_scope)
                 self.hub_stats = await self.hub_totals(http)
+                self.wan = wan_usage(wan_before, self.backend.wan_bytes())
+                await self._collect_peer_bytes(http)
         finally:
             self.stop_all()
         corrupt = await trio.to_thread.run_sync(self.verify_caches)
@@ -268,7 +216,7 @@ class Run:
 
     async def _prefill_seeds(self, http: httpx.AsyncClient) -> None:
         """Seeds start full: they warm the images before the clock starts."""
-        seeds = [n for n in self.nodes if n.spec.role == "seed"]
+        seeds = [n for n in self.nodes if not n.spec.fetches]
         for node in seeds:
             self.start_node(node)
         for node in seeds:
@@ -280,11 +228,22 @@ class Run:
 
     async def _boot_nodes(self, http: httpx.AsyncClient) -> None:
         """Agents are daemons: the ones present from the start are up before the deploy is triggered at t = 0."""
-        present = [n for n in self.nodes if n.spec.role != "seed" and n.spec.join_s == 0 and n.process is None]
+        present = [n for n in self.nodes if n.spec.fetches and n.spec.join_s == 0 and n.process is None]
         for node in present:
             self.start_node(node)
         for node in present:
             await self.wait_ready(http, f"{self.api(node)}/status", node.spec.name)
+
+    async def _collect_peer_bytes(self, http: httpx.AsyncClient) -> None:
+        """Every running agent's bytes per peer address (nodes that left have none)."""
+        for node in self.nodes:
+            if node.process is None or node.left or node.process.poll() is not None:
+                continue
+            try:
+                status = (await http.get(f"{self.api(node)}/status")).json()
+            except (httpx.TransportError, ValueError):
+                continue  # its line then shows no peer bytes; the run's errors say why it is gone
+            node.peer_bytes = status.get("peer_bytes") or {}
 
     async def _drive_node(self, http: httpx.AsyncClient, node: NodeRun, start: float, join_at: float) -> None:
         spec = node.spec
@@ -302,13 +261,20 @@ class Run:
         if self.options.warm_only:
             await self._wait_warm(http, node, start)
             return
+        seed = node.spec.role == "seed"
+        if not seed:  # seeds that fetch take the images on first (within milliseconds): see _seed_took_on
+            await self._seeds_fetching.wait()
         jobs = []
         for name in self.image_names:
             response = await http.post(f"{self.api(node)}/fetch", json={"manifest": name})
             if response.status_code != 202:
                 node.error = f"fetch {name}: {response.status_code} {response.text}"
-                return
+                break
             jobs.append(response.json()["job"])
+        if seed:
+            self._seed_took_on()
+        if node.error:
+            return
         pending = set(jobs)
         while pending:
             for job_id in sorted(pending):
@@ -326,6 +292,14 @@ class Run:
             if pending:
                 await trio.sleep(self.options.poll_s)
         node.done_s = trio.current_time() - start
+
+    def _seed_took_on(self) -> None:
+        """A fetching seed has its jobs: nodes may start. A seed counts as ``complete`` in its tracker only while it
+        fetches, and a node's first announce decides whether it waits for the seed or splits the hub work with its
+        farm until its next announce (a minute later), so at a release the seeds go first."""
+        self._seeds_pending -= 1
+        if self._seeds_pending <= 0:
+            self._seeds_fetching.set()
 
     async def _wait_warm(self, http: httpx.AsyncClient, node: NodeRun, start: float) -> None:
         while True:
@@ -359,7 +333,7 @@ class Run:
             await http.post(f"{url}_admin/up")
 
     async def _sample(self, http: httpx.AsyncClient, start: float, scope: trio.CancelScope) -> None:
-        fetching = [n for n in self.nodes if n.spec.role != "seed"]
+        fetching = [n for n in self.nodes if n.spec.fetches]
         while True:
             stats = await self.hub_totals(http)
             done = sum(1 for n in fetching if n.done_s is not None)
@@ -397,16 +371,24 @@ class Run:
         return corrupt
 
     def result(self, corrupt: int) -> dict[str, Any]:
-        fetching = [n for n in self.nodes if n.spec.role != "seed"]
+        fetching = [n for n in self.nodes if n.spec.fetches]
         done = [n.done_s for n in fetching if n.done_s is not None]
-        bound = lower_bound_s(self.topo)
+        bound = lower_bound_s(loopback_standin(self.topo) if self.backend.nat_standin else self.topo)
+        addresses = Addresses(
+            own={n.spec.name: n.address for n in self.nodes},
+            seen_as={n.spec.name: self.backend.seen_as(n.spec) for n in self.nodes},
+        )
+        per_node = {
+            n.spec.name: node_account(self.topo, n.spec, n.bytes_from_hub, n.peer_bytes, addresses, n.done_s)
+            for n in self.nodes
+        }
         last = max(done) if len(done) == len([n for n in fetching if not n.left]) and done else None
         image_bytes = self.image_bytes * self.options.images
         return {
             "scenario": self.options.scenario,
             "backend": type(self.backend).__name__.removesuffix("Backend").lower(),
             "nodes": len(fetching),
-            "seeds": len(self.nodes) - len(fetching),
+            "seeds": sum(1 for n in self.nodes if n.spec.role == "seed"),
             "image_bytes": image_bytes,
             "hub_bytes": int(self.hub_stats.get("total_bytes", 0)),
             "hub_ratio": round(self.hub_stats.get("total_bytes", 0) / image_bytes, 3) if image_bytes else None,
@@ -422,5 +404,8 @@ class Run:
             "left": [n.spec.name for n in fetching if n.left],
             "corrupt_chunks": corrupt,
             "hub_reasons": {n.spec.name: n.hub_reasons for n in fetching},
+            "per_node": per_node,
+            "bytes_by_source": totals(per_node),
+            "wan": self.wan,
             "timeline": self.timeline,
         }

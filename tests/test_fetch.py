@@ -61,6 +61,36 @@ CASES: list[tuple[str, Wanted, View, Reason | None]] = [
     ("already at the hub", wanted(MINE, TRIO), View(ME, TRIO, 2.0, hub_inflight=frozenset({MINE})), None),
     ("ours, but the peer set just changed", wanted(MINE, TRIO), View(ME, TRIO, 2.0, stable_for_s=0.1), None),
     ("ours, peer set settled", wanted(MINE, TRIO), View(ME, TRIO, 2.0, stable_for_s=0.6), Reason.OWNED),
+    # a tracker counts a seed: a chunk no connected peer has is still held (maybe beyond our NAT router)
+    ("seeded: ours, but wait for peers", wanted(MINE, TRIO), View(ME, TRIO, 2.0, seeded=True), None),
+    (
+        "seeded and alone: wait for peers",
+        wanted("x", frozenset({ME})),
+        View(ME, frozenset({ME}), 2.0, seeded=True),
+        None,
+    ),
+    (
+        "seeded, hot, past deadline",
+        wanted(MINE, TRIO, hot=True),
+        View(ME, TRIO, 4.5, seeded=True),
+        Reason.HOT_DEADLINE,
+    ),
+    (
+        "seeded, peers slow",
+        wanted(MINE, TRIO),
+        View(ME, TRIO, 20.0, slow_for_s=11.0, seeded=True),
+        Reason.PEERS_TOO_SLOW,
+    ),
+    # a seed takes from the hub what no connected peer has, alone, whoever owns it
+    ("a seed: theirs, nobody has it", wanted(THEIRS, TRIO), View(ME, TRIO, 2.0, seed=True), Reason.SEEDING),
+    (
+        "a seed counted by its tracker",
+        wanted(THEIRS, TRIO),
+        View(ME, TRIO, 2.0, seed=True, seeded=True),
+        Reason.SEEDING,
+    ),
+    ("a seed: a peer has it", wanted(THEIRS, TRIO, avail=1), View(ME, TRIO, 2.0, seed=True), None),
+    ("a seed, during discovery grace", wanted(THEIRS, TRIO), View(ME, TRIO, 0.5, seed=True), None),
 ]
 
 

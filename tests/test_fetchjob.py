@@ -64,6 +64,7 @@ class FakeTorrent:
     peers_now: list[Peer] = field(default_factory=list)
     held_by_peers: set[str] = field(default_factory=set)
     pushed: list[list[int]] = field(default_factory=list)
+    tracker_counts_a_seed: bool = False
 
     def piece_of(self, chunk_id: str) -> int:
         return self.manifest.chunk_ids.index(chunk_id)
@@ -83,6 +84,9 @@ class FakeTorrent:
 
     def download_rate(self) -> int:
         return 10**9
+
+    def seeded(self) -> bool:
+        return self.tracker_counts_a_seed
 
     def set_priorities(self, priorities: list[int]) -> None:
         self.pushed.append(list(priorities))

@@ -201,6 +201,32 @@ def test_tbf_caps_upload_and_download(lab: NetnsLab) -> None:
 
 
 @needs_netns
+def test_a_farm_wan_is_capped_both_ways_and_counted() -> None:
+    with NetnsLab() as lab:
+        pub = lab.add_host("pub", "p", nat=False)
+        inside = lab.add_host("in", "f", nat=True)
+        with pytest.raises(BadConfig, match="no NAT router"):
+            lab.cap_wan("p", down_mbps=8)
+        lab.cap_wan("f", up_mbps=40, down_mbps=80)
+        before = lab.wan_bytes("f")
+        proc = serve(lab, pub, 2)
+        down = connect(lab, inside, pub.address, "down", MIB)
+        up = connect(lab, inside, pub.address, "up", MIB // 2)
+        stop(proc)
+        received, sent = (after - start for after, start in zip(lab.wan_bytes("f"), before, strict=True))
+        up_stats, down_stats = lab.wan_qdiscs("f")
+    assert down["ok"], down
+    assert up["ok"], up
+    # payload plus headers and the other direction's acks (a few %)
+    assert MIB <= received < 1.3 * MIB
+    assert MIB // 2 <= sent < 0.7 * MIB
+    assert "rate 40Mbit" in up_stats
+    assert _sent_bytes(up_stats) >= MIB // 2
+    assert "rate 80Mbit" in down_stats
+    assert _sent_bytes(down_stats) >= MIB
+
+
+@needs_netns
 def test_close_stops_processes_and_removes_every_namespace() -> None:
     before = root_namespace_state()
     with NetnsLab() as lab:

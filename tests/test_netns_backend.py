@@ -24,7 +24,7 @@ import trio
 from netsim.netns import NAME_PREFIX, list_namespaces, missing_requirements
 from netsim.netns_backend import HUB_HOST, LabTransport, NetnsBackend, forwarder_argv, wait_forwarding
 from netsim.runner import Run, RunOptions
-from netsim.scenarios import Knobs, run
+from netsim.scenarios import Knobs, knobs_for, run, topology
 from netsim.topology import HubSpec, ImageSpec, Topology, farm
 from p2pchunks.errors import BadConfig, P2PChunksError
 
@@ -169,13 +169,11 @@ async def test_farm_deploy_in_a_lab_shares_the_hub_work() -> None:
 @pytest.mark.netns
 @pytest.mark.slow
 @needs_netns
-async def test_nat_nodes_behind_a_seed_complete(tmp_path: Path) -> None:
-    # Built here rather than with scenarios.topology("nat-behind-seed"), which asks farm() for nodes + 1 roles.
-    topo = Topology(
-        hub=HubSpec(latency_ms=50, rate_mbps=50),
-        nodes=farm(3, nat=2, seeds=1, up_mbps=None, down_mbps=None),
-        image=ImageSpec(size_mib=4),
-    )
+async def test_nat_farm_mates_share_on_their_lan_what_the_seed_sends_through_their_router(tmp_path: Path) -> None:
+    # Two hosts behind one strict-NAT router (agents with inbound on: the router drops what comes from outside),
+    # a public seed holding the image. The seed sees the farm as one address (the router's) and keeps one
+    # connection per address and port: it serves the farm through one of them, and the two share on their LAN.
+    topo = topology("nat-behind-seed", knobs_for("nat-behind-seed", nodes=2, image_mib=8, up_mbps=None, down_mbps=None))
     backend = NetnsBackend(topo)
     try:
         lans = ipaddress.IPv4Network("10.231.128.0/17")
@@ -185,10 +183,24 @@ async def test_nat_nodes_behind_a_seed_complete(tmp_path: Path) -> None:
         result = await Run(topo, options, backend).execute()
     finally:
         backend.close()
+    image = result["image_bytes"]
+    nodes = {name: line for name, line in result["per_node"].items() if line["fetches"]}
     assert result["errors"] == []
     assert (result["nodes"], result["seeds"]) == (2, 1)
     assert all(done is not None for done in result["per_node_done_s"])
     assert result["corrupt_chunks"] == 0
+    assert result["hub_bytes"] <= 0.05 * image, result["hub_reasons"]
+    # every byte came from the seed or the farm-mate, and some went over the LAN
+    for name, line in nodes.items():
+        peers = line["from_peers"]
+        assert peers["seed"] + peers["farm"] + line["from_hub"] >= image, (name, line)
+        assert peers["other"] == peers["unknown"] == 0, (name, line)
+    assert sum(line["from_peers"]["farm"] for line in nodes.values()) > 0
+    assert sum(line["to_peers"]["farm"] for line in nodes.values()) > 0
+    # the seed served the farm (through its router's address), about one copy through the farm's WAN
+    assert result["bytes_by_source"]["seed_upload"] >= image
+    assert result["bytes_by_source"]["from_seed"] >= image
+    assert image <= result["wan"]["farm0"]["in_bytes"] <= 1.3 * image
     assert _leftovers() == []
 
 

@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 
+from netsim.bound import lower_bound_s
 from netsim.model import ModelParams, predict, waterfill
-from netsim.topology import HubSpec, ImageSpec, NodeSpec, Topology, farm, lower_bound_s, with_churn
+from netsim.topology import HubSpec, ImageSpec, NodeSpec, Topology, farm, with_churn
 
 MIB = 1024 * 1024
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from netsim.report import REQUIRED_KEYS, plot, print_table, summary_rows, validate_result, write_json
+from netsim.report import REQUIRED_KEYS, node_rows, plot, print_table, summary_rows, validate_result, write_json
 from p2pchunks.errors import BadConfig
 
 MIB = 1024 * 1024
@@ -103,3 +103,47 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(BadConfig, match="lacks keys"):
         plot([{"scenario": "x"}], tmp_path / "bad.png")
+
+
+def accounted(**overrides: Any) -> dict[str, Any]:
+    line = {"farm": "farm0", "role": "nat", "fetches": True, "from_hub": 0, "to_peers": {}}
+    return result(
+        seeds=1,
+        per_node_done_s=[1.5, 2.5],
+        per_node={
+            "seed0": {**line, "farm": "seeds", "role": "seed", "fetches": False, "uploaded": 32 * MIB,
+                      "from_peers": {"farm": 0, "seed": 0, "other": 0, "unknown": 0}},
+            "n0": {**line, "done_s": 1.5, "uploaded": 8 * MIB,
+                   "from_peers": {"farm": 0, "seed": 32 * MIB, "other": 0, "unknown": 0}},
+            "n1": {**line, "done_s": 2.5, "from_hub": 2 * MIB, "uploaded": 0,
+                   "from_peers": {"farm": 30 * MIB, "seed": 0, "other": 1 * MIB, "unknown": 0}},
+        },
+        bytes_by_source={"from_hub": 2 * MIB, "from_farm": 30 * MIB, "from_seed": 32 * MIB, "from_other": MIB,
+                         "from_unknown": 0, "seed_upload": 32 * MIB},
+        wan={"farm0": {"in_bytes": 40 * MIB, "out_bytes": MIB}},
+    ) | overrides  # fmt: skip
+
+
+def test_table_shows_where_bytes_came_from_and_what_crossed_each_wan() -> None:
+    rows = dict(summary_rows(accounted()))
+    assert rows["from farm-mates"] == "30.0 MiB"
+    assert rows["from seeds"] == "32.0 MiB"
+    assert rows["from other farms"] == "1.0 MiB"
+    assert "from unknown peers" not in rows  # shown only when some bytes could not be placed
+    assert rows["seed upload"] == "32.0 MiB (1.00× image)"
+    assert rows["WAN in/out farm0"] == "40.0 MiB (1.25× image) / 1.0 MiB"
+    assert dict(summary_rows(accounted(bytes_by_source={"from_unknown": 5})))["from unknown peers"] == "0.0 MiB"
+
+
+def test_the_per_node_table_shows_each_nodes_own_completion_time() -> None:
+    rows = node_rows(accounted())
+    assert rows[0] == ("seed0", "seeds", "seed", "full", "0.0", "0.0", "0.0", "0.0", "32.0")
+    assert rows[1][:4] == ("n0", "farm0", "nat", "1.50 s")
+    assert rows[2][3:8] == ("2.50 s", "2.0", "30.0", "0.0", "1.0")
+    # a JSON file sorts the lines by name: each keeps its own time
+    shuffled = accounted(per_node=dict(reversed(list(accounted()["per_node"].items()))))
+    assert {row[0]: row[3] for row in node_rows(shuffled)} == {"seed0": "full", "n0": "1.50 s", "n1": "2.50 s"}
+    out = io.StringIO()
+    print_table(accounted(), Console(file=out, width=140, color_system=None))
+    assert "bytes per node" in out.getvalue()
+    assert node_rows(result()) == []

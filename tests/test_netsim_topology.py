@@ -10,6 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from netsim.bound import loopback_standin, lower_bound_s
+from netsim.topofile import load_topology, topology_from_dict
 from netsim.topology import (
     MBPS,
     MIB,
@@ -17,10 +19,8 @@ from netsim.topology import (
     ImageSpec,
     NodeSpec,
     Topology,
+    WanSpec,
     farm,
-    load_topology,
-    lower_bound_s,
-    topology_from_dict,
     with_churn,
 )
 from p2pchunks.errors import BadConfig
@@ -114,11 +114,37 @@ def test_with_churn_marks_the_last_fetchers() -> None:
         ),
         (lambda: topo(farm(2) + farm(1)), "share the name"),
         (lambda: topo(()), "at least one node"),
+        (lambda: WanSpec("f", up_mbps=0), "up_mbps"),
+        (lambda: WanSpec("f", down_mbps=-5), "down_mbps"),
+        (lambda: Topology(HubSpec(), farm(2), ImageSpec(1), wan=(WanSpec("farm0"),)), "not a farm with NAT nodes"),
+        (
+            lambda: Topology(HubSpec(), farm(2, nat=2), ImageSpec(1), wan=(WanSpec("farm0"), WanSpec("farm0", 5))),
+            "given twice",
+        ),
     ],
 )
 def test_specs_validate(spec: object, message: str) -> None:
     with pytest.raises(BadConfig, match=message):
         spec()  # type: ignore[operator]
+
+
+def test_who_fetches_and_who_is_public() -> None:
+    full_seed, node, nat = farm(3, seeds=1, nat=1)
+    empty_seed = NodeSpec(
+        name="s", farm="f", role="seed", up_mbps=None, down_mbps=None, address="127.0.0.9", starts_full=False
+    )
+    full_node = NodeSpec(
+        name="m", farm="f", role="node", up_mbps=None, down_mbps=None, address="127.0.0.8", starts_full=True
+    )
+    assert [n.fetches for n in (full_seed, empty_seed, node, nat, full_node)] == [False, True, True, True, False]
+    assert [n.public for n in (full_seed, empty_seed, node, nat)] == [True, True, True, False]
+    t = Topology(HubSpec(), farm(5, farms=2, nat=3), ImageSpec(1), wan=(WanSpec("farm1", 10, 20),))
+    assert {farm: [n.name for n in nodes] for farm, nodes in t.nat_farms().items()} == {
+        "farm0": ["n2"],
+        "farm1": ["n3", "n4"],
+    }
+    assert t.wan_of("farm1") == WanSpec("farm1", 10, 20)
+    assert t.wan_of("farm0") == WanSpec("farm0")
 
 
 def test_start_times_stagger_fetchers_only() -> None:
@@ -156,6 +182,14 @@ name = "edge"
 farm = "far"
 role = "nat"
 up_mbps = 5
+[[node]]
+name = "volunteer"
+farm = "seeds"
+role = "seed"
+starts_full = false
+[[wan]]
+farm = "far"
+down_mbps = 40
 """
 
 
@@ -166,10 +200,12 @@ def test_load_full_topology(tmp_path: Path) -> None:
     assert t.hub == HubSpec(latency_ms=20, rate_mbps=None, protocol="zdb", down=((1.0, 2.5),))
     assert t.image == ImageSpec(64, chunk_kib=256, hot_fraction=0.1, count=2)
     assert (t.swarm, t.stagger_s) == (False, 0.5)
-    assert len(t.nodes) == 7
-    edge = t.nodes[-1]
+    assert len(t.nodes) == 8
+    edge, volunteer = t.nodes[-2:]
     assert (edge.name, edge.farm, edge.role, edge.up_mbps, edge.down_mbps) == ("edge", "far", "nat", 5, None)
-    assert edge.address not in {n.address for n in t.nodes[:-1]}
+    assert edge.address not in {n.address for n in t.nodes[:-2]}
+    assert (volunteer.role, volunteer.fetches) == ("seed", True)
+    assert t.wan == (WanSpec("far", None, 40),)
     assert [n.leave_s for n in t.nodes[:6]] == [None] * 5 + [9.0]
     assert t.image.total_bytes == 128 * MIB
 
@@ -192,6 +228,9 @@ def test_load_full_topology(tmp_path: Path) -> None:
         ("[image]\nsize_mib = 1\n[nodes]\nn = 2\nleave = 1", "needs 'nodes.leave_s'"),
         ("[image]\nsize_mib = 1", "at least one node"),
         ("[image\nsize_mib = 1", "not valid TOML"),
+        ("[image]\nsize_mib = 1\n[nodes]\nn = 1\nnat = 1\n[[wan]]\nup_mbps = 3", "missing key 'wan\\[0\\].farm'"),
+        ("[image]\nsize_mib = 1\n[nodes]\nn = 1\nnat = 1\n[[wan]]\nfarm = 'farm0'\nspeed = 3", "wan\\[0\\].speed"),
+        ("[image]\nsize_mib = 1\n[nodes]\nn = 1\n[[wan]]\nfarm = 'farm0'", "not a farm with NAT nodes"),
     ],
 )
 def test_load_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -264,8 +303,70 @@ def test_lower_bound_counts_every_image() -> None:
     assert math.isfinite(lower_bound_s(three))
 
 
+# ---- the bound with NAT: who can reach whom ----
+
+HUB = 200 * MBPS
+
+
+def nat_topo(*farms_: tuple[str, int, float | None], up: float | None = None, seed: str = "full") -> Topology:
+    """A public seed (``full``, ``empty`` or ``none``) and NAT farms ``(name, nodes, WAN Mbit/s both ways)``."""
+    nodes: list[NodeSpec] = []
+    if seed != "none":
+        nodes.append(
+            NodeSpec(
+                name="seed", farm="seeds", role="seed", up_mbps=1000, down_mbps=1000, address="127.0.0.2",
+                starts_full=seed == "full",
+            )
+        )  # fmt: skip
+    address = 3
+    for name, count, _ in farms_:
+        for i in range(count):
+            nodes.append(
+                NodeSpec(
+                    name=f"{name}{i}", farm=name, role="nat", up_mbps=up, down_mbps=None, address=f"127.0.0.{address}"
+                )
+            )
+            address += 1
+    wan = tuple(WanSpec(name, mbps, mbps) for name, _, mbps in farms_ if mbps is not None)
+    return Topology(hub=HubSpec(rate_mbps=200), nodes=tuple(nodes), image=ImageSpec(100), wan=wan)
+
+
+def test_a_nat_farm_gets_its_first_copy_through_its_wan() -> None:
+    assert lower_bound_s(nat_topo(("fa", 4, 50))) == pytest.approx(F / (50 * MBPS))
+
+
+def test_a_nat_farm_shares_on_its_lan_what_enters_through_its_wan() -> None:
+    # 8 nodes uploading 10 Mbit/s each to farm-mates, 50 Mbit/s in: 8 copies need (50 + 80) Mbit/s for 8F
+    assert lower_bound_s(nat_topo(("fa", 8, 50), up=10)) == pytest.approx(8 * F / (130 * MBPS))
+
+
+def test_nat_farms_without_a_seed_each_take_a_copy_from_the_hub() -> None:
+    assert lower_bound_s(nat_topo(("fa", 4, None), ("fb", 4, None), ("fc", 4, None), seed="none")) == pytest.approx(
+        3 * F / HUB
+    )
+
+
+def test_an_empty_seed_gives_no_first_copy() -> None:
+    full = lower_bound_s(nat_topo(("fa", 2, None), up=10))
+    empty = lower_bound_s(nat_topo(("fa", 2, None), up=10, seed="empty"))
+    assert empty == pytest.approx(F / HUB)  # the seed fetches too: the first copy comes from the hub
+    assert full < empty
+
+
+def test_the_loopback_standin_isolates_every_nat_node_and_drops_wan_caps() -> None:
+    t = nat_topo(("fa", 4, 50), up=10)
+    standin = loopback_standin(t)
+    assert standin.wan == ()
+    assert len(standin.nat_farms()) == 4
+    assert [n.name for n in standin.nodes] == [n.name for n in t.nodes]
+    # no farm-mate to share with: each NAT node takes F from the public side (hub + seed)
+    assert lower_bound_s(standin) == pytest.approx(4 * F / (HUB + 1000 * MBPS))
+    # behind one router, the four share: what enters (50 Mbit/s) plus what they upload to each other (40)
+    assert lower_bound_s(t) == pytest.approx(4 * F / (90 * MBPS))
+
+
 def test_mirrors_from_toml_and_the_hub_outage_scenario(tmp_path: Path) -> None:
-    from netsim.scenarios import Knobs, topology
+    from netsim.scenarios import OUTAGE, Knobs, topology
 
     path = tmp_path / "t.toml"
     path.write_text(
@@ -284,4 +385,5 @@ def test_mirrors_from_toml_and_the_hub_outage_scenario(tmp_path: Path) -> None:
     outage = topology("hub-outage", Knobs(deadline_s=300))
     assert outage.hub.down == ((0.0, 300.0),)
     assert len(outage.mirrors) == 1
-    assert outage.mirrors[0].down == ()
+    assert outage.mirrors[0].down == (OUTAGE,)
+    assert outage.hub_outages() == [OUTAGE]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import httpx
 import trio
 
 from p2pchunks.agent import Agent
+from p2pchunks.agent.metrics import render_prometheus
+from p2pchunks.agent.status import agent_status, gauges
 from p2pchunks.hub.server import open_hub_server
 from p2pchunks.ids import blake2b_verifier
 from p2pchunks.policy.fetch import FetchParams
@@ -63,8 +66,19 @@ async def test_a_chunk_only_one_peer_has_never_comes_from_the_hub(tmp_path: Path
         hub.stats.reset()
         await fetch_all([asker], str(image.path), introduce=[holder, asker])
         assert_cache_complete(asker, manifest.chunk_ids)
+        # what each saw of the other, per address, in /status and /metrics
+        assert holder.swarm is not None
+        assert asker.swarm is not None
+        got = agent_status(asker)["peer_bytes"][holder.swarm.settings.host]
+        served = agent_status(holder)["peer_bytes"][asker.swarm.settings.host]
+        metrics = render_prometheus(holder.stats, partial(gauges, holder)).decode()
     assert hub.stats.total_bytes == 0
     assert asker.stats.chunks_from_peers == len(manifest.chunk_ids)
+    assert got["down"] >= manifest.unique_bytes
+    assert served["up"] >= manifest.unique_bytes
+    assert holder.stats.bytes_to_peers >= manifest.unique_bytes
+    exposed = [line.split()[1] for line in metrics.splitlines() if line.startswith("p2pchunks_bytes_to_peers_total ")]
+    assert [float(value) for value in exposed] == [holder.stats.bytes_to_peers]
 
 
 async def test_hub_outage_peers_finish_and_missing_chunks_are_503_until_the_hub_returns(tmp_path: Path) -> None:
@@ -130,6 +144,41 @@ async def test_strict_nat_nodes_complete_through_a_seed(tmp_path: Path) -> None:
             for nat in nats:
                 assert_cache_complete(nat, manifest.chunk_ids)
     assert hub.stats.total_bytes == 0
+
+
+async def test_a_seed_fetching_an_image_takes_it_from_the_hub_alone_and_nat_nodes_wait_for_it(tmp_path: Path) -> None:
+    image = make_image(tmp_path, mib=2)
+    manifest = image.manifest
+    seed_ip = address()
+    async with open_hub_server(tmp_path / "hub") as (hub, url):
+        seed_cfg = agent_config(
+            tmp_path, url, name="seed", ip=seed_ip, agent={"mode": "seed"},
+            tracker={"enabled": True, "listen": f"{seed_ip}:0"},
+        )  # fmt: skip
+        async with agents([seed_cfg]) as (seed,):
+            tracker = f"http://{seed_ip}:{seed.tracker_port}/announce"
+            # behind strict NAT (inbound off), and in no hurry: they count on the seed the tracker announces
+            nat_cfgs = [
+                agent_config(
+                    tmp_path,
+                    url,
+                    name=f"nat{i}",
+                    swarm={"inbound": False, "trackers": [tracker]},
+                    fetch={"discovery_grace_s": 5.0},
+                )
+                for i in range(2)
+            ]
+            async with agents(nat_cfgs) as nats:
+                seed_job = await seed.fetch(str(image.path))  # the seed takes the image on first
+                reports = await fetch_all(nats, str(image.path), introduce=[seed, *nats])
+                with trio.fail_after(DEADLINE):
+                    await seed_job.done.wait()
+                for nat in nats:
+                    assert_cache_complete(nat, manifest.chunk_ids)
+    assert seed_job.report is not None
+    assert set(seed_job.report.hub_reasons) == {"SEEDING"}
+    assert [r["bytes_from_hub"] for r in reports] == [0, 0]
+    assert hub.stats.total_bytes == manifest.unique_bytes
 
 
 async def test_a_fresh_node_finds_a_holder_through_the_seed_tracker(tmp_path: Path) -> None:

@@ -113,3 +113,37 @@ async def test_announce_over_http() -> None:
     assert compact(bdecode(second.content)[b"peers"]) == [("127.0.0.1", 5001)]  # type: ignore[index,arg-type]
     assert bad.status_code == 400
     assert b"failure reason" in bad.content
+
+
+def nat_announce(peer_id: bytes, ip: str, port: int, *, left: int = 1) -> Announce:
+    return Announce(IH, peer_id, ip, port, left, "", 50, "")
+
+
+def test_hosts_sharing_one_address_with_distinct_ports_are_all_kept_and_listed() -> None:
+    tracker = Tracker(rng=random.Random(1))
+    for i in range(3):  # three hosts behind one router, each with its own mapped port
+        tracker.announce(nat_announce(b"host%d" % i, "10.0.0.1", 7000 + i), now=0)
+    answer = tracker.announce(nat_announce(b"far", "10.9.0.1", 6881), now=0)
+    assert sorted(compact(answer[b"peers"])) == [("10.0.0.1", 7000), ("10.0.0.1", 7001), ("10.0.0.1", 7002)]
+    assert sorted(tracker.peers_of(IH)) == sorted([*(("10.0.0.1", 7000 + i) for i in range(3)), ("10.9.0.1", 6881)])
+
+
+def test_a_nat_farm_on_one_address_and_port_is_one_endpoint() -> None:
+    tracker = Tracker(rng=random.Random(1))
+    for i in range(4):  # a farm behind one router: every host listens on 6881
+        answer = tracker.announce(nat_announce(b"host%d" % i, "10.0.0.1", 6881), now=0)
+        assert compact(answer[b"peers"]) == []  # its farm-mates look like itself: they find each other by LSD
+    answer = tracker.announce(nat_announce(b"far", "10.9.0.1", 6881), now=0)
+    assert compact(answer[b"peers"]) == [("10.0.0.1", 6881)]
+    assert answer[b"incomplete"] == 5
+
+
+def test_a_seed_fetching_an_image_counts_as_complete() -> None:
+    fetching: set[bytes] = set()
+    tracker = Tracker(committed=fetching.__contains__)
+    assert tracker.announce(nat_announce(b"node", "10.0.0.2", 6881), now=0)[b"complete"] == 0
+    fetching.add(IH)
+    answer = tracker.announce(nat_announce(b"node", "10.0.0.2", 6881), now=1)
+    assert (answer[b"complete"], answer[b"incomplete"]) == (1, 1)
+    done = tracker.announce(nat_announce(b"other", "10.0.0.3", 6881, left=0), now=2)
+    assert done[b"complete"] == 2

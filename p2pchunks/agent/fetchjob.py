@@ -45,6 +45,7 @@ class TorrentLike(Protocol):
     def availability(self) -> list[int]: ...
     def have(self) -> list[bool]: ...
     def download_rate(self) -> int: ...
+    def seeded(self) -> bool: ...
     def set_priorities(self, priorities: list[int]) -> None: ...
     @property
     def pieces(self) -> int: ...
@@ -98,6 +99,7 @@ class FetchJob:
         missing: Missing,
         deliver: Deliver,
         me: str,
+        seed: bool = False,
         params: FetchParams | None = None,
         retries: HubRetries | None = None,
         window_bytes: int | None = None,
@@ -114,7 +116,7 @@ class FetchJob:
         self._deliver = deliver
         self._params = params or FetchParams()
         self._retries = retries or HubRetries()
-        self._keeper = ViewKeeper(me, self._params)
+        self._keeper = ViewKeeper(me, self._params, seed=seed)
         self._window_bytes = window_bytes
         self._protect, self._release = protect, release
         self._tick = tick_s
@@ -240,7 +242,9 @@ class FetchJob:
         if torrent is None:
             return None
         peers = tuple(PeerReading(p.ip, p.seed, p.pieces) for p in torrent.peers())
-        return SwarmReading(peers, tuple(torrent.availability()), tuple(torrent.have()), torrent.download_rate())
+        return SwarmReading(
+            peers, tuple(torrent.availability()), tuple(torrent.have()), torrent.download_rate(), torrent.seeded()
+        )
 
     def _held_by_peers(self, chunk_id: str) -> bool:
         return self._availability_of(chunk_id) > 0

@@ -60,6 +60,8 @@ class JobSettings:
     params: FetchParams
     timeout_s: float
     give_up_s: float
+    seed: bool = False
+    """This agent is a volunteer seed (its jobs take from the hub what no connected peer has, alone)."""
 
 
 class JobTable:
@@ -105,6 +107,14 @@ class JobTable:
     def running(self) -> int:
         return sum(1 for job in self._jobs.values() if job.state == "running")
 
+    def fetching(self, info_hash: bytes) -> bool:
+        """Whether a running job fetches the torrent announced as ``info_hash`` (a v2 infohash, truncated to 20
+        bytes as announces carry it): a seed's tracker counts such a torrent as complete."""
+        return any(
+            job.state == "running" and (job.manifest.infohash or "")[:40] == info_hash.hex()
+            for job in self._jobs.values()
+        )
+
     async def start(
         self, ref: str, *, pin: Pin = Pin.NONE, hub: ChunkSource | None = None, stream: bool = False
     ) -> Job:
@@ -134,6 +144,7 @@ class JobTable:
             missing=self._missing,
             deliver=self._deliver,
             me=self._me(),
+            seed=self._settings.seed,
             params=self._settings.params,
             retries=HubRetries(give_up_s=self._settings.give_up_s),
             window_bytes=window,

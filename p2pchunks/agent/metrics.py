@@ -27,6 +27,8 @@ class AgentStats:
     chunks_from_hub: int = 0
     bytes_from_peers: int = 0
     bytes_from_hub: int = 0
+    bytes_to_peers: int = 0
+    """Payload uploaded to peers (the swarm's peer ledger, read every second and on each status request)."""
     chunks_served: int = 0
     bytes_served: int = 0
     corrupt_from_peers: int = 0
@@ -49,6 +51,7 @@ _COUNTERS = (
     ("chunks_from_hub", "Chunks fetched from the hub"),
     ("bytes_from_peers", "Chunk bytes received from peers"),
     ("bytes_from_hub", "Chunk bytes fetched from the hub"),
+    ("bytes_to_peers", "Payload bytes uploaded to peers (what this node served the swarm)"),
     ("chunks_served", "Chunks served to local readers (API)"),
     ("bytes_served", "Chunk bytes served to local readers (API)"),
     ("corrupt_from_peers", "Pieces from peers that failed verification"),

@@ -52,6 +52,7 @@ from .warmer import Warmer, WarmSettings
 
 log = logging.getLogger(__name__)
 
+PEER_BYTES_EVERY_S = 1.0
 DISK_THREADS = 4
 """Chunk reads, writes and hashes at once: each holds at most a chunk's bytes."""
 
@@ -234,13 +235,16 @@ async def _build(
         missing=datapath.missing,
         deliver=datapath.deliver,
         me=me,
-        settings=JobSettings(_fetch_params(config), fetch.job_timeout_s, fetch.give_up_s),
+        settings=JobSettings(
+            _fetch_params(config), fetch.job_timeout_s, fetch.give_up_s, seed=config.agent.mode == "seed"
+        ),
         stats=stats,
     )
     scrubber = Scrubber(cache, config.cache.scrub_rate_bps, disk)
-    if keeper is not None:
+    if keeper is not None and swarm is not None:
         cache.add_evict_listener(keeper.left_cache)
         await nursery.start(keeper.run)
+        nursery.start_soon(_count_peer_bytes, swarm, stats)
     await nursery.start(repairs.run)
     nursery.start_soon(scrubber.run)
     report = await trio.to_thread.run_sync(cache.reconcile)  # damage it finds reaches the repairs
@@ -252,7 +256,8 @@ async def _build(
     tracker: Tracker | None = None
     tracker_port = zdb_port = None
     if config.tracker.enabled:
-        tracker = Tracker(interval=config.tracker.interval_s)
+        committed = jobs.fetching if config.agent.mode == "seed" else None
+        tracker = Tracker(interval=config.tracker.interval_s, committed=committed)
         host, port = split_hostport(config.tracker.listen)
         tracker_port = await nursery.start(partial(serve_http, tracker.handle, host, port))
     if config.rfs.zdb_listen:
@@ -293,6 +298,13 @@ async def _build(
     if warmer is not None:
         nursery.start_soon(_run_warmer, warmer, config)
     return agent
+
+
+async def _count_peer_bytes(swarm: Swarm, stats: AgentStats) -> None:
+    """libtorrent forgets a connection's byte counts when it closes: read them while it lives."""
+    while True:
+        stats.bytes_to_peers = swarm.refresh_peer_bytes().uploaded
+        await trio.sleep(PEER_BYTES_EVERY_S)
 
 
 def _fetch_params(config: Config) -> FetchParams:

@@ -32,8 +32,11 @@ def gauges(agent: Agent) -> dict[str, float]:
 
 
 def agent_status(agent: Agent) -> dict[str, Any]:
-    """What ``GET /status`` answers."""
+    """What ``GET /status`` answers. ``peer_bytes``: payload ``{ip: {"down", "up"}}`` per peer address, ever."""
     warmer = agent.warmer
+    ledger = agent.swarm.refresh_peer_bytes() if agent.swarm else None
+    if ledger is not None:
+        agent.stats.bytes_to_peers = ledger.uploaded
     return {
         "mode": agent.config.agent.mode,
         "hub": agent.hub.url,
@@ -53,6 +56,7 @@ def agent_status(agent: Agent) -> dict[str, Any]:
             for m in agent.manifests.known.values()
         ],
         "jobs": [job_json(job) for job in agent.jobs.all()],
+        "peer_bytes": ledger.as_json() if ledger is not None else {},
         "warm": None
         if warmer is None
         else {

@@ -63,7 +63,9 @@ class SwarmSection:
     listen: str = "0.0.0.0:6881"
     """BitTorrent and DHT listener; a specific address is also used for outgoing connections."""
     inbound: bool = True
-    """False refuses every inbound connection (models strict NAT); DHT, LSD and outgoing stay alive."""
+    """Keep true, behind a strict NAT router too: the router drops what comes from outside, and farm-mates must
+    reach each other on the LAN. False refuses every inbound connection, farm-mates included (the loopback test
+    stand-in for strict NAT); DHT, LSD and outgoing stay alive."""
     utp: bool = True
     """uTP besides TCP (slow on loopback: off in tests and the netsim)."""
     dht: bool = True

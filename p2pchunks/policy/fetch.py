@@ -24,6 +24,15 @@ for a chunk only when peers cannot serve it in time:
 * **peers are too slow**: when the torrent's payload rate from peers stays below ``peer_floor_bps`` for
   ``peer_floor_window_s`` while chunks are wanted, chunks peers do have may also come from the hub.
 
+Seeds and strict NAT. Behind a strict NAT router every host of a farm reaches a public seed from the same address,
+and the seed keeps one connection per address and port: one farm-mate (the farm's funnel) sees the seed, the
+others see only the pieces the funnel already holds. So a node does not judge "nobody has it" by its own
+connections alone when a tracker counts a seed in the swarm (``View.seeded``: some peer holds, or a seed is
+committed to fetching, the whole image): it waits for peers as if they had it, with the same fallbacks (a hot
+chunk past its deadline, peers slower than the floor). A seed (``View.seed``) does the opposite: it is the one
+everybody can reach, so it takes from the hub every chunk no connected peer has, alone (``Reason.SEEDING``), and
+the farms behind it take about one copy each through their WAN.
+
 The hub is never asked for more than ``hub_slots`` chunks at once by one job, in fetch order (hot first, then
 the manifest's file order); an agent-wide hub rate budget is applied by the hub client. When to ask the hub again
 after a failure, and when to give up, is ``retry.py``'s; what the swarm looks like, ``swarmview.py``'s.
@@ -45,6 +54,7 @@ class Reason(enum.Enum):
     OWNER_STALLED = "its owner stalled or left"
     HOT_DEADLINE = "hot chunk past its deadline"
     PEERS_TOO_SLOW = "peers slower than the floor"
+    SEEDING = "a seed fetches what no connected peer has"
     ON_DEMAND = "asked for now (API, zdb proxy, fill) and no peer delivered in time"
 
 
@@ -92,6 +102,11 @@ class View:
     """How long the payload rate from peers has been below the floor while chunks were wanted."""
     stable_for_s: float = float("inf")
     """How long the candidate set has been what it is now."""
+    seeded: bool = False
+    """A tracker counts a seed in this swarm: every chunk is held (or being fetched) by a peer, maybe one this node
+    cannot reach directly (behind its farm's NAT router)."""
+    seed: bool = False
+    """This node is a volunteer seed: it fetches from the hub, alone, whatever no connected peer has."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +161,12 @@ def _reason(
     chunk: Wanted, view: View, *, alone: bool, peers_slow: bool, hot_late: bool, settled: bool
 ) -> Reason | None:
     if chunk.availability > 0:  # a peer has it: libtorrent is on it (the hot ones first)
+        return Reason.PEERS_TOO_SLOW if peers_slow else None
+    if view.seed:
+        return Reason.SEEDING
+    if view.seeded:  # a peer of the swarm has it, maybe beyond our router: wait, as if a connected peer had it
+        if chunk.hot and hot_late:
+            return Reason.HOT_DEADLINE
         return Reason.PEERS_TOO_SLOW if peers_slow else None
     if alone:
         return Reason.ALONE

@@ -8,7 +8,7 @@ Owns the rules that turn raw observations into the fetch policy's inputs, each w
   that just started fetching, so it is not trusted here: an idle holder is caught by the stall rule instead.
 * **stalled** owners: a candidate that has not completed a piece for ``owner_stall_s``.
 * **slow peers**: how long the payload rate from peers has stayed below ``peer_floor_bps`` while some peer held
-  a chunk we want.
+  a chunk we want (or a tracker counted a seed in the swarm: ``seeded``, see ``fetch.py`` on strict NAT).
 * **stability** of the candidate set, and each chunk's owner computed once per candidate set.
 * which pending chunks libtorrent already holds (on their way into the cache: not wanted again).
 
@@ -38,12 +38,16 @@ class SwarmReading:
     availability: tuple[int, ...] = ()
     have: tuple[bool, ...] = ()
     download_bps: int = 0
+    seeded: bool = False
+    """The trackers count at least one seed in this swarm (libtorrent's ``num_complete``)."""
 
 
 @dataclass
 class ViewKeeper:
     me: str
     params: FetchParams
+    seed: bool = False
+    """This node is a volunteer seed."""
     _stall: StallTracker = field(init=False)
     _slow_since: float | None = None
     _candidates: frozenset[str] = frozenset()
@@ -71,12 +75,14 @@ class ViewKeeper:
         stalled: frozenset[str] = frozenset()
         availability: tuple[int, ...] = ()
         have: tuple[bool, ...] = ()
+        seeded = False
         if reading is not None:
+            seeded = reading.seeded
             availability, have = reading.availability, reading.have
             fetching = [peer for peer in reading.peers if not peer.seed]
             candidates.update(peer.ip for peer in fetching)
             stalled = self._stall.update({peer.ip: peer.pieces for peer in fetching}, now)
-            slow = reading.download_bps < self.params.peer_floor_bps and any(availability)
+            slow = reading.download_bps < self.params.peer_floor_bps and (any(availability) or seeded)
             self._slow_since = (self._slow_since if self._slow_since is not None else now) if slow else None
         frozen = frozenset(candidates)
         if frozen != self._candidates:
@@ -100,5 +106,7 @@ class ViewKeeper:
             delivering=delivering,
             slow_for_s=0.0 if self._slow_since is None else now - self._slow_since,
             stable_for_s=now - self._stable_since,
+            seeded=seeded,
+            seed=self.seed,
         )
         return view, wanted

@@ -27,6 +27,7 @@ import trio
 
 from ..formats.manifest import Manifest
 from .alerts import ALERT_MASK, SwarmEvent, pump_alerts
+from .peerbytes import PeerLedger
 from .torrent import NORMAL, Torrent, add_params
 
 BLOCKED = 1
@@ -42,7 +43,8 @@ class SwarmSettings:
     listen: str = "0.0.0.0:6881"
     profile: Profile = "node"
     inbound: bool = True
-    """False models strict NAT: no inbound connection is accepted (DHT, LSD and outgoing stay alive)."""
+    """False: no inbound connection is accepted, farm-mates' included (DHT, LSD and outgoing stay alive). The loopback
+    tests' stand-in for strict NAT; behind a real NAT router inbound stays on (the router blocks the outside)."""
     utp: bool = True
     dht: bool = True
     dht_bootstrap: tuple[tuple[str, int], ...] = ()
@@ -141,6 +143,7 @@ class Swarm:
         self.save_path = save_path
         self.torrents: dict[str, Torrent] = {}
         self._blocked: frozenset[str] = frozenset()
+        self.peer_ledger = PeerLedger()
 
     @property
     def listen_port(self) -> int:
@@ -172,6 +175,7 @@ class Swarm:
         damaged) the torrent must be added again, or it keeps offering the chunk to peers from a file that is
         gone. Its peers are disconnected; they find us again as any peer does (LSD, tracker, DHT).
         """
+        self.refresh_peer_bytes()  # the torrent's connections close with it: count them first
         self._session.remove_torrent(torrent.handle)
         torrent.handle = self._add(torrent.manifest, have, torrent.priorities)
         torrent.echoes = _pieces(torrent.manifest, have)
@@ -183,9 +187,15 @@ class Swarm:
         return self._session.add_torrent(params)
 
     def remove(self, infohash: str) -> None:
+        self.refresh_peer_bytes()  # the torrent's connections close with it: count them first
         torrent = self.torrents.pop(infohash, None)
         if torrent is not None:
             self._session.remove_torrent(torrent.handle)
+
+    def refresh_peer_bytes(self) -> PeerLedger:
+        """Read every connection's payload counters into the ledger (call it often: see ``peerbytes``)."""
+        self.peer_ledger.update(count for torrent in self.torrents.values() for count in torrent.peer_counters())
+        return self.peer_ledger
 
     def torrents_with(self, chunk_id: str) -> list[Torrent]:
         return [t for t in self.torrents.values() if chunk_id in t.chunk_set]

@@ -16,6 +16,7 @@ from typing import Any
 import libtorrent as lt
 
 from ..formats.manifest import Manifest
+from .peerbytes import ConnectionCount
 
 NORMAL = 4
 TOP = 7
@@ -92,6 +93,18 @@ class Torrent:
 
     def download_rate(self) -> int:
         return int(self.handle.status().download_payload_rate)
+
+    def seeded(self) -> bool:
+        """The trackers count at least one seed in this swarm (``num_complete``; -1 while unknown)."""
+        return int(self.handle.status().num_complete) > 0
+
+    def peer_counters(self) -> list[ConnectionCount]:
+        """Payload bytes each live connection has carried since it opened (libtorrent's per-peer totals)."""
+        out = []
+        for peer in self.handle.get_peer_info():
+            ip, port = peer.ip
+            out.append(ConnectionCount(self.infohash, str(ip), int(port), peer.total_download, peer.total_upload))
+        return out
 
     def peers(self) -> list[PeerView]:
         views = []

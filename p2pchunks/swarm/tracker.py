@@ -55,6 +55,10 @@ class Tracker:
     interval: int = 60
     clock: Callable[[], float] | None = None
     rng: random.Random = field(default_factory=random.Random)
+    committed: Callable[[bytes], bool] | None = None
+    """Whether the seed running this tracker is fetching an infohash right now: it then counts as ``complete``
+    (a seed fetches every chunk of an image it takes on), so nodes behind NAT routers, which may reach it only
+    through a farm-mate, wait for it rather than ask the hub."""
     _torrents: dict[bytes, dict[bytes, _Peer]] = field(default_factory=dict)
 
     def announce(self, request: Announce, now: float) -> dict[bytes, object]:
@@ -72,15 +76,21 @@ class Tracker:
             peers.pop(key, None)
         elif key in peers or len(peers) < MAX_PEERS_PER_TORRENT:
             peers[key] = _Peer(request.ip, request.port, request.left, now, request.farm)
-        others = [p for k, p in peers.items() if k != key and (p.ip, p.port) != (request.ip, request.port)]
+        # Behind a NAT router every host of a farm announces from the router's address, most with the same port:
+        # one endpoint, listed once (peers are kept by peer id, so hosts sharing an address with distinct ports —
+        # port mappings — are all listed).
+        endpoints = {(p.ip, p.port): p for k, p in peers.items() if k != key}
+        endpoints.pop((request.ip, request.port), None)
+        others = list(endpoints.values())
         chosen = nearest_first(request.ip, others, self.rng, farm=request.farm)[: request.numwant]
         v4 = b"".join(ipaddress.ip_address(p.ip).packed + p.port.to_bytes(2, "big") for p in chosen if ":" not in p.ip)
         v6 = b"".join(ipaddress.ip_address(p.ip).packed + p.port.to_bytes(2, "big") for p in chosen if ":" in p.ip)
         seeds = sum(1 for p in peers.values() if p.left == 0)
+        committed = bool(self.committed and self.committed(request.info_hash))
         response: dict[bytes, object] = {
             b"interval": self.interval,
             b"min interval": max(1, self.interval // 4),
-            b"complete": seeds,
+            b"complete": seeds + committed,
             b"incomplete": len(peers) - seeds,
             b"peers": v4,
         }
