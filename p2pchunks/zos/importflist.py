@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -29,6 +28,7 @@ import httpx
 import trio
 
 from ..errors import BadConfig, BadFlist, HubError, HubTimeout, HubUnavailable, first_error
+from ..files import atomic_write
 from ..formats.manifest import MAX_CHUNK_BYTES, ChunkRef, FileEntry, Manifest, build_manifest
 from ..hub.client import HubClient
 from ..ids import chunk_relpath, default_verifier
@@ -241,12 +241,4 @@ async def _download(url: str, target: Path) -> None:
 
 def _write_atomic(target: Path, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:40]}.", suffix=".partial", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as sink:
-            sink.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(target, data, fsync=False)
