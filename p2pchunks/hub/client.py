@@ -24,6 +24,7 @@ import httpx
 import trio
 
 from ..errors import BadConfig, ChunkCorrupt, ChunkNotFound, HubError, HubTimeout, HubUnavailable, ManifestNotFound
+from ..extras import missing_extra
 from ..ids import Verifier, chunk_relpath, default_verifier, validate_chunk_id
 from .ratelimit import TokenBucket
 
@@ -129,8 +130,10 @@ def transport_for(url: str, *, timeout: float, max_connections: int) -> Transpor
     if scheme in ("http", "https"):
         return HttpTransport(url, timeout=timeout, max_connections=max_connections)
     if scheme == "zdb":
-        from ..zos.zdb import ZdbTransport  # lazy: an HTTP-only agent never loads the zdb client
-
+        try:
+            from ..zos.zdb import ZdbTransport  # the zos extra: an HTTP-only agent never loads the zdb client
+        except ImportError as error:
+            raise missing_extra(error, f"the zdb:// hub {url}") from None
         transport: Transport = ZdbTransport(url, timeout=timeout, max_connections=max_connections)
         return transport
     raise BadConfig(f"hub URL must be http://, https:// or zdb://, got {url!r}")
