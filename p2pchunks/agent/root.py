@@ -192,7 +192,7 @@ async def _build(
     directory: Path,
     nursery: trio.Nursery,
 ) -> Agent:
-    stats, arrivals, disk = AgentStats(), Arrivals(), trio.CapacityLimiter(DISK_THREADS)
+    stats, arrivals, disk = AgentStats(hubs=[hub.stats]), Arrivals(), trio.CapacityLimiter(DISK_THREADS)
     fetch = config.fetch
     datapath = DataPath(cache, hub, swarm, arrivals, stats, peer_wait_s=fetch.peer_wait_s, disk=disk)
     keeper = (
@@ -275,7 +275,7 @@ async def _build(
     await nursery.start(partial(serve_listeners, api.handle, api_listeners, limits=limits))
     await manifests.load_known()
     if warmer is not None:
-        nursery.start_soon(_run_warmer, warmer, config, hub)
+        nursery.start_soon(_run_warmer, warmer, config, stats)
     return agent
 
 
@@ -312,7 +312,7 @@ def _warmer(config: Config, manifests: ManifestBook, jobs: JobTable, cache: Chun
     )
 
 
-async def _run_warmer(warmer: Warmer, config: Config, hub: HubClient) -> None:
+async def _run_warmer(warmer: Warmer, config: Config, stats: AgentStats) -> None:
     """The warmer fetches with its own hub client: its own (low) budget, apart from on-demand reads."""
     async with HubClient(
         config.agent.hub,
@@ -320,6 +320,7 @@ async def _run_warmer(warmer: Warmer, config: Config, hub: HubClient) -> None:
         timeout=config.fetch.hub_timeout_s,
         rate_bps=config.warm.hub_rate_bps or None,
     ) as warm_hub:
+        stats.hubs.append(warm_hub.stats)
         await warmer.run(warm_hub)
 
 

@@ -23,9 +23,11 @@ from urllib.parse import quote, urlsplit
 import httpx
 import trio
 
+from ..config.schema import FetchSection
 from ..errors import BadConfig, ChunkCorrupt, ChunkNotFound, HubError, HubTimeout, HubUnavailable, ManifestNotFound
 from ..extras import missing_extra
 from ..ids import Verifier, chunk_relpath, default_verifier, validate_chunk_id
+from ..policy.retry import backoff_s
 from .ratelimit import TokenBucket
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -159,9 +161,9 @@ class HubClient:
         self,
         url: str,
         *,
-        concurrency: int = 16,
-        timeout: float = 10.0,
-        retries: int = 3,
+        concurrency: int = FetchSection.hub_concurrency,
+        timeout: float = FetchSection.hub_timeout_s,
+        retries: int = FetchSection.hub_retries,
         backoff: float = 0.2,
         rate_bps: float | None = None,
         verifier: Verifier = default_verifier,
@@ -201,7 +203,7 @@ class HubClient:
         for attempt in range(self.retries + 1):
             if attempt:
                 self.stats.retries += 1
-                await trio.sleep(self._delay(attempt - 1))
+                await trio.sleep(backoff_s(attempt, base_s=self.backoff, max_s=MAX_BACKOFF, jitter=self._rng.random()))
             try:
                 async with self._slots:
                     self.stats.requests += 1
@@ -227,10 +229,6 @@ class HubClient:
         if len(data) >= VERIFY_IN_THREAD_BYTES:  # hashing releases the GIL: keep the event loop free
             return await trio.to_thread.run_sync(self.verifier, chunk_id, data)
         return self.verifier(chunk_id, data)
-
-    def _delay(self, retry: int) -> float:
-        """Seconds before retry number ``retry`` (0-based): backoff·2^retry, jittered ×[0.5, 1.5), capped."""
-        return min(MAX_BACKOFF, self.backoff * 2.0**retry) * (0.5 + self._rng.random())
 
     async def aclose(self) -> None:
         try:
