@@ -16,3 +16,13 @@ async def test_bench_cache_reports_every_figure(capsys: pytest.CaptureFixture[st
     assert figures["clients"] == 2
     for key in ("api_MBps", "cat_MBps", "api_to_cat_ratio", "publish_MBps", "agent_idle_rss_MiB"):
         assert figures[key] > 0, key
+
+
+async def test_bench_fill_at_toy_size_against_a_hub_child_on_port_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    from p2pchunks.bench.fill import bench_fill
+
+    assert await bench_fill(2, 5.0) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["blocks"] == 4
+    assert figures["failed_blocks"] == 0
+    assert figures["warm_peer_bytes_from_hub"] == 0

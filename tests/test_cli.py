@@ -181,3 +181,26 @@ async def test_api_and_token_come_from_the_configuration(
         monkeypatch.setenv("P2PCHUNKS_API_TOKEN", "s3cret")
         assert await cli("status", "--json") == 0
         assert json.loads(capsys.readouterr().out)["api_port"] == a.api_port
+
+
+async def test_rfs_fill_outlasts_the_short_call_timeout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from p2pchunks.zos.flistwrite import write_fl
+    from p2pchunks.zos.importflist import import_flist
+    from p2pchunks.zos.zdbserver import HubRootBackend, open_zdb_server
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "image.raw").write_bytes(random.Random(2).randbytes(6 * CHUNK + 11))
+    store, release = tmp_path / "store", tmp_path / "release"
+    async with open_zdb_server(HubRootBackend(store)) as (_, zdb_url):
+        flist = tmp_path / "i.fl"
+        await trio.to_thread.run_sync(lambda: write_fl(src, flist, store, route_url=zdb_url, chunk_size=CHUNK))
+        await import_flist(flist, hub=zdb_url, out_dir=release, name="vm")
+        config = agent_config(tmp_path, zdb_url, name="a", rfs={"cache_dir": str(tmp_path / "rfs")})
+        async with agents([config]) as (a,):
+            # The fill's job waits discovery_grace_s (1.5 s) before asking the hub: longer than --timeout.
+            manifest = str(release / "manifests" / "vm.p2p")
+            assert await cli("rfs-fill", manifest, "--timeout", "0.3", "--api", api_url(a)) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["failed"] == {}
+    assert report["written"] == 7

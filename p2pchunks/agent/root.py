@@ -27,7 +27,7 @@ import trio
 
 from ..cache.store import ChunkCache
 from ..config.schema import Config, split_hostport
-from ..extras import missing_extra, require
+from ..extras import require
 from ..formats.manifest import Manifest
 from ..formats.seedlist import shipped_list
 from ..http.server import ServerLimits, bound_port, open_listeners, serve_http, serve_listeners
@@ -143,7 +143,9 @@ async def open_agent(config: Config, *, swarm: bool | None = None) -> AsyncItera
     """Run an agent for as long as the block runs (``swarm=False``: hub only, the zos baseline)."""
     use_swarm = config.swarm.enabled if swarm is None else swarm
     check_exposure(config.api.listen, config.api.token)
-    if config.rfs.cache_dir:  # fills come later: refuse now, not at the first fill
+    if config.rfs.zdb_listen:  # the zos extra: refuse at start, not in the middle of the services' start
+        require("p2pchunks.zos.zdbproxy", f"rfs.zdb_listen = {config.rfs.zdb_listen!r}")
+    if config.rfs.cache_dir:  # ... nor at the first fill
         require("p2pchunks.zos.rfscache", f"rfs.cache_dir = {config.rfs.cache_dir!r}")
     section, fetch = config.cache, config.fetch
     directory = Path(config.agent.cache_dir)
@@ -245,10 +247,7 @@ async def _build(
         host, port = split_hostport(config.tracker.listen)
         tracker_port = await nursery.start(partial(serve_http, tracker.handle, host, port))
     if config.rfs.zdb_listen:
-        try:
-            from ..zos.zdbproxy import serve_zdb_proxy  # the zos extra
-        except ImportError as error:
-            raise missing_extra(error, f"rfs.zdb_listen = {config.rfs.zdb_listen!r}") from None
+        from ..zos.zdbproxy import serve_zdb_proxy  # the zos extra (checked at start)
 
         host, port = split_hostport(config.rfs.zdb_listen)
         zdb_port = await nursery.start(serve_zdb_proxy, datapath.chunk, datapath.holds, host, port)
