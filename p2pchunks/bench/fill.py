@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -23,7 +20,7 @@ from typing import Any
 import trio
 
 from ..agent import open_agent
-from ..agent.process import READY_TIMEOUT, read_ready
+from ..agent.process import open_ready_process
 from ..config.schema import Config
 from ..zos.flistwrite import write_fl
 from ..zos.importflist import import_flist
@@ -35,22 +32,9 @@ from ..zos.zdb import ZdbTransport
 async def _hub_process(root: Path, latency_ms: float) -> AsyncIterator[int]:
     """``p2pchunks hub serve --zdb`` as a child (its own event loop, as a far hub would be) on ports it picks
     itself (0); yields the zdb port its ready line reports."""
-    argv = [sys.executable, "-m", "p2pchunks", "hub", "serve", "--root", str(root), "--listen", "127.0.0.1:0"]
-    argv += ["--zdb", "127.0.0.1:0", "--latency-ms", str(latency_ms)]
-    process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        assert process.stdout is not None
-        with trio.fail_after(READY_TIMEOUT):
-            ready = await read_ready(process.stdout)
+    args = ["hub", "serve", "--root", str(root), "--listen", "127.0.0.1:0", "--zdb", "127.0.0.1:0"]
+    async with open_ready_process([*args, "--latency-ms", str(latency_ms)]) as (_, ready):
         yield int(ready["zdb_port"])
-    finally:
-        with trio.CancelScope(shield=True):
-            process.send_signal(signal.SIGTERM)
-            with trio.move_on_after(20):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
 
 
 def _config(work: Path, name: str, ip: str, hub: str) -> Config:
