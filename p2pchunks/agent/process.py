@@ -3,7 +3,8 @@
 Owns ``python -m p2pchunks agent --config F`` as a subprocess (used by the benchmarks, the crash tests and
 netsim's loopback backend), the config file it reads (:func:`write_config`), and the readiness protocol: the agent
 prints one JSON line on stdout once every listener is bound (:data:`READY_KEY`, the ports, its pid), so nobody
-parses prose and every port can be 0 (``hub serve`` prints the same line: :func:`open_ready_process` runs either). Must not know the agent's internals: it sees the process and its line.
+parses prose and every port can be 0 (``hub serve`` prints the same line: :func:`open_ready_process` runs either).
+Must not know the agent's internals: it sees the process and its line.
 """
 
 from __future__ import annotations
