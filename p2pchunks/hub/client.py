@@ -1,9 +1,10 @@
 """The hub client: one interface over hub transports, with bounded parallelism, retries and verification.
 
 Owns: the :class:`Transport` interface and its HTTP implementation, the choice of transport by URL scheme
-(``http(s)://`` here, ``zdb://`` in ``p2pchunks.zdb``), and :class:`HubClient`'s policy: at most ``concurrency``
-requests at once, every chunk verified against its id before anyone sees it, jittered exponential backoff on
-timeouts, 5xx/resets and corrupt bytes, an optional byte-rate budget. Must not know: the cache, peers, manifests'
+(``http(s)://`` here, ``zdb://`` in ``p2pchunks.zos.zdb``, the zos extra), and :class:`HubClient`'s policy: at
+most ``concurrency`` requests at once, every chunk verified against its id before anyone sees it, jittered
+exponential backoff (``policy.retry.backoff_s``) on timeouts, 5xx/resets and corrupt bytes, an optional byte-rate
+budget. Its defaults are the config's (``[fetch]``). Must not know: the cache, peers, manifests'
 contents. Errors stay distinct: :class:`ChunkNotFound` (the hub says it has no such chunk: never retried),
 :class:`HubTimeout` and :class:`HubUnavailable` (retried), :class:`ChunkCorrupt` (retried; raised when the hub
 kept sending wrong bytes), :class:`HubError` (any other refusal, e.g. 403: not retried).
