@@ -132,7 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(_dispatch(args) or 0)
+        status = int(_dispatch(args) or 0)
+        sys.stdout.flush()  # a closed pipe fails here, where it is handled, not at the interpreter's exit
+        return status
     except (SystemExit, GeneratorExit):
         raise
     except BaseException as error:
