@@ -110,6 +110,7 @@ def pieces_of_info(info: dict[bytes, object], sizes: dict[str, int]) -> tuple[st
     if info[b"piece length"] != expected:
         raise BadManifest(f"info piece length {info[b'piece length']!r} is not {expected}")
     pieces: list[str] = []
+    same = {chunk_id: chunk_id for chunk_id in sizes}
     for ab, level1 in _sorted_dir(info[b"file tree"], "file tree"):
         for cd, level2 in _sorted_dir(level1, ab):
             for name, node in _sorted_dir(level2, f"{ab}/{cd}"):
@@ -126,7 +127,7 @@ def pieces_of_info(info: dict[bytes, object], sizes: dict[str, int]) -> tuple[st
                     raise BadManifest(f"{where}: not a chunk of any file")
                 if leaf[b"length"] != sizes[name]:
                     raise BadManifest(f"{where}: length {leaf[b'length']!r} but the chunk has {sizes[name]} bytes")
-                pieces.append(name)
+                pieces.append(same[name])  # the files' own string: one copy of each id in memory
     if len(pieces) != len(sizes):
         raise BadManifest(f"info has {len(pieces)} pieces for {len(sizes)} distinct chunks")
     return tuple(pieces)
