@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -38,7 +38,7 @@ from .. import ids
 from ..errors import BadManifest, BadSignature, ChunkNotFound
 from .bencoding import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ITEMS, Raw, bdecode, bencode
 from .signing import Signature, TrustedKeys, sign, verify
-from .torrentinfo import build_torrent_info, piece_length_for, pieces_of_info
+from .torrentinfo import EncodedInfo, build_torrent_info, piece_length_for, pieces_of_info
 
 __all__ = [
     "FORMAT_VERSION",
@@ -81,40 +81,6 @@ class FileEntry:
     mode: int
     chunks: tuple[ChunkRef, ...] = ()
     symlink: str | None = None
-
-
-class EncodedInfo(Mapping[bytes, object]):
-    """A torrent info dict kept as its canonical bencoding, decoded only when one of its keys is read."""
-
-    __slots__ = ("raw",)
-
-    def __init__(self, raw: bytes) -> None:
-        self.raw = raw
-
-    def decoded(self) -> dict[bytes, object]:
-        tree = bdecode(self.raw, max_size=MAX_MANIFEST_BYTES, max_depth=DEFAULT_MAX_DEPTH, max_items=DEFAULT_MAX_ITEMS)
-        assert isinstance(tree, dict)
-        return tree
-
-    def __getitem__(self, key: bytes) -> object:
-        return self.decoded()[key]
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self.decoded())
-
-    def __len__(self) -> int:
-        return len(self.decoded())
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, EncodedInfo):
-            return self.raw == other.raw
-        return isinstance(other, Mapping) and self.decoded() == dict(other)
-
-    def __hash__(self) -> int:
-        return hash(self.raw)
-
-    def __repr__(self) -> str:
-        return f"EncodedInfo({len(self.raw)} bytes)"
 
 
 @dataclass(frozen=True)

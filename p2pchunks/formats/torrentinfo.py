@@ -17,11 +17,12 @@ Must not know: manifests' other fields, networking, the cache, libtorrent.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from .. import ids
 from ..errors import BadManifest
+from .bencoding import bdecode
 
 TORRENT_NAME = b"chunks"
 BLOCK = 16 * 1024
@@ -140,3 +141,37 @@ def _sorted_dir(node: object, where: str) -> list[tuple[str, object]]:
         return [(key.decode("ascii"), node[key]) for key in sorted(node)]
     except (AttributeError, TypeError, UnicodeDecodeError):
         raise BadManifest(f"info {where}: entries must be ASCII byte strings") from None
+
+
+class EncodedInfo(Mapping[bytes, object]):
+    """A torrent info dict kept as its canonical bencoding, decoded only when one of its keys is read."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def decoded(self) -> dict[bytes, object]:
+        tree = bdecode(self.raw, max_size=len(self.raw))
+        assert isinstance(tree, dict)
+        return tree
+
+    def __getitem__(self, key: bytes) -> object:
+        return self.decoded()[key]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.decoded())
+
+    def __len__(self) -> int:
+        return len(self.decoded())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, EncodedInfo):
+            return self.raw == other.raw
+        return isinstance(other, Mapping) and self.decoded() == dict(other)
+
+    def __hash__(self) -> int:
+        return hash(self.raw)
+
+    def __repr__(self) -> str:
+        return f"EncodedInfo({len(self.raw)} bytes)"
