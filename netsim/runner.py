@@ -90,7 +90,8 @@ class Run:
         """Bytes of the images' hot (boot-critical) chunks, as published."""
         self.image_names: list[str] = []
         self.hub_stats: dict[str, Any] = {}
-        self.timeline: list[tuple[float, int, int]] = []  # (t, nodes done, hub bytes)
+        self.timeline: list[tuple[float, int, int]] = []
+        """(t, nodes done, hub bytes out so far: ``bytes_out``, which moves while a paced chunk is still going)."""
         self.sample_errors: list[tuple[float, str]] = []
         """(t, what went wrong) for each sample of the hub's ``_stats`` that failed: a gap in ``timeline``."""
         self.harness_errors: list[str] = []
@@ -99,6 +100,8 @@ class Run:
         self.harness_cpu_s = 0.0
         """CPU seconds of this process (the harness) while the clock ran."""
         self._harness_mark: float | None = None
+        self.load_average: list[float] = []
+        """The machine's load average (1, 5, 15 min) when the clock started: how busy it was besides this run."""
         self.wan: dict[str, dict[str, int]] = {}
         self._seeds_fetching = trio.Event()
         self._seeds_pending = 0
@@ -155,6 +158,7 @@ class Run:
         each = [(await http.get(f"{url}_stats")).json() for url in self.hub_urls]
         return {
             "total_bytes": sum(stats["total_bytes"] for stats in each),
+            "bytes_out": sum(stats.get("bytes_out", stats["total_bytes"]) for stats in each),
             "peak_inflight": max(stats.get("peak_inflight") or 0 for stats in each),
             "bytes_by_hub": [stats["total_bytes"] for stats in each],
         }
@@ -222,6 +226,7 @@ class Run:
         self._read_cpu()
         self.cpu.mark()
         self._harness_mark = time.process_time()
+        self.load_average = [round(x, 2) for x in os.getloadavg()]
         start = trio.current_time()
         self.clock_started.set()
         self._seeds_fetching = trio.Event()
@@ -358,7 +363,7 @@ class Run:
                 self.sample_errors.append((round(now, 3), repr(error) if str(error) else type(error).__name__))
             else:
                 done = sum(1 for n in fetching if n.done_s is not None)
-                self.timeline.append((round(now, 3), done, stats["total_bytes"]))
+                self.timeline.append((round(now, 3), done, stats["bytes_out"]))
             if count % max(1, round(1.0 / self.options.sample_s)) == 0:
                 self._read_cpu()  # about once a second: a process that dies keeps its last reading
             count += 1
@@ -445,6 +450,7 @@ class Run:
             "agent_boot_cpu_s": round(self.cpu.total(agents) - self.cpu.total(agents, since_mark=True), 2),
             "hub_cpu_s": self.cpu.total([f"hub{i}" for i in range(len(self.hub_processes))], since_mark=True),
             "harness_cpu_s": round(self.harness_cpu_s, 2),
+            "load_average": self.load_average,
             "errors": self.harness_errors + [f"{n.spec.name}: {n.error}" for n in fetching if n.error],
             "api_failures": {n.spec.name: n.api_failures for n in self.nodes if n.api_failures},
             "left": [n.spec.name for n in fetching if n.left],

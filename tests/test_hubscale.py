@@ -3,13 +3,18 @@ still answers, and the token bucket's round robin on trio's mock clock."""
 
 from __future__ import annotations
 
+import os
 import resource
+from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
 from netsim.hubload import measure
 from p2pchunks.hub.ratelimit import TokenBucket
+from p2pchunks.hub.server import open_hub_server
+from p2pchunks.ids import chunk_id_of
 
 CONNECTIONS = 1000
 
@@ -79,3 +84,25 @@ async def test_a_reservation_cancelled_while_waiting_is_given_back(autojump_cloc
 def test_reserve_table(rate: float | None, burst: float | None, asks: list[int], waits: list[float]) -> None:
     bucket = TokenBucket(rate, burst, clock=lambda: 0.0)
     assert [bucket.reserve(a) for a in asks] == pytest.approx(waits)
+
+
+async def test_bytes_out_moves_while_a_paced_chunk_goes_and_agrees_with_the_total_at_its_end(tmp_path: Path) -> None:
+    data = os.urandom(256 * 1024)
+    chunk_id = chunk_id_of(data, 32)
+    folder = tmp_path / "chunks" / chunk_id[:2] / chunk_id[2:4]
+    folder.mkdir(parents=True)
+    (folder / chunk_id).write_bytes(data)
+    async with open_hub_server(tmp_path, rate_mbps=1.0) as (server, url), httpx.AsyncClient() as http:
+        got = bytearray()
+        seen_midway: list[tuple[int, int]] = []
+        async with http.stream("GET", f"{url}chunks/{chunk_id}") as response:
+            async for piece in response.aiter_bytes():
+                got += piece
+                if 64 * 1024 <= len(got) < len(data) and not seen_midway:
+                    seen_midway.append((server.stats.bytes_out, server.stats.total_bytes))
+        assert bytes(got) == data
+        ((midway_out, midway_total),) = seen_midway
+        assert midway_total == 0  # the response has not ended: not counted yet
+        assert midway_out >= 32 * 1024  # but its egress shows
+        stats = (await http.get(f"{url}_stats")).json()
+        assert stats["bytes_out"] == stats["total_bytes"] == len(data)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -147,6 +147,8 @@ class HubServer:
         """Other servers of the same hub that ``/_admin/down|up`` switches too."""
         self._manifests: dict[str, _Manifest] = {}
         self._counting: dict[int, AbstractContextManager[None]] = {}
+        self._streamed: dict[int, list[int]] = {}
+        """Per request in flight: body bytes already counted in ``stats.bytes_out`` while it was paced."""
 
     async def handle(self, request: Request) -> Response:
         """Answer one request (routes in the module docstring)."""
@@ -192,8 +194,9 @@ class HubServer:
             raise
 
     def _on_sent(self, request: Request, nbytes: int) -> None:
+        streamed = self._streamed.pop(id(request), [0])[0]
         if self._finish(request):
-            self.stats.sent(request.client[0], nbytes)
+            self.stats.sent(request.client[0], nbytes, streamed)
 
     def _finish(self, request: Request) -> bool:
         counting = self._counting.pop(id(request), None)
@@ -280,20 +283,34 @@ class HubServer:
             headers.append(("content-range", f"bytes {decision.start}-{decision.stop - 1}/{size}"))
         length = decision.stop - decision.start
         headers.append(("content-length", str(length)))
-        return Response(decision.status, headers, self._body(source, decision.start, length))
+        return Response(decision.status, headers, self._body(request, source, decision.start, length))
 
-    def _body(self, source: Path | bytes, start: int, length: int) -> FileBody | bytes | AsyncIterator[bytes]:
+    def _body(
+        self, request: Request, source: Path | bytes, start: int, length: int
+    ) -> FileBody | bytes | AsyncIterator[bytes]:
         if self.egress is None:
             return FileBody(source, start, length) if isinstance(source, Path) else source[start : start + length]
-        return _paced(self.egress, source, start, length)
+        streamed = self._streamed.setdefault(id(request), [0])
+
+        def progress(nbytes: int) -> None:
+            streamed[0] += nbytes
+            self.stats.streaming(nbytes)
+
+        return _paced(self.egress, source, start, length, progress)
 
 
-async def _paced(bucket: TokenBucket, source: Path | bytes, start: int, length: int) -> AsyncIterator[bytes]:
-    """``length`` bytes of ``source`` from ``start``, in pieces, each paid for in ``bucket`` before it goes."""
+async def _paced(
+    bucket: TokenBucket, source: Path | bytes, start: int, length: int, progress: Callable[[int], None]
+) -> AsyncIterator[bytes]:
+    """``length`` bytes of ``source`` from ``start``, in pieces, each paid for in ``bucket`` before it goes;
+    ``progress(n)`` once a piece of ``n`` bytes has been taken to be sent (the last one is told by ``on_sent``)."""
     fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC) if isinstance(source, Path) else None
     try:
         position, end = start, start + length
+        previous = 0
         while position < end:
+            if previous:
+                progress(previous)  # asked for the next piece: the server has handed the previous one over
             size = min(PACED_PIECE_BYTES, end - position)
             if isinstance(source, bytes):
                 piece = source[position : position + size]
@@ -305,6 +322,7 @@ async def _paced(bucket: TokenBucket, source: Path | bytes, start: int, length: 
             await bucket.acquire(len(piece))
             yield piece
             position += len(piece)
+            previous = len(piece)
     finally:
         if fd is not None:
             os.close(fd)
