@@ -14,9 +14,11 @@ from p2pchunks.policy.fetch import (
     StallTracker,
     View,
     Wanted,
+    deadline_s,
     fetch_order,
     owner_of,
     pick_hub_chunks,
+    rendezvous_order,
 )
 
 PARAMS = FetchParams(discovery_grace_s=1.0, hot_deadline_s=3.0, peer_floor_window_s=10.0, hub_slots=4)
@@ -31,8 +33,12 @@ def chunk_owned_by(owner: str, candidates: frozenset[str], start: int = 0) -> st
     raise AssertionError("unreachable")
 
 
-def wanted(chunk_id: str, candidates: frozenset[str], *, rank: int = 0, hot: bool = False, avail: int = 0) -> Wanted:
-    return Wanted(chunk_id, rank, hot, avail, owner_of(chunk_id, candidates))
+def wanted(
+    chunk_id: str, candidates: frozenset[str], *, rank: int = 0, hot: bool = False, avail: int = 0, me: str = ME
+) -> Wanted:
+    """The chunk as ``me`` sees it: its owner and ``me``'s place in its rendezvous order."""
+    order = rendezvous_order(chunk_id, candidates)
+    return Wanted(chunk_id, rank, hot, avail, order[0], order.index(me) if me in order else len(order))
 
 
 TRIO = frozenset({ME, A, B})
@@ -45,10 +51,21 @@ CASES: list[tuple[str, Wanted, View, Reason | None]] = [
     ("during discovery grace", wanted("x", frozenset({ME})), View(ME, frozenset({ME}), 0.5), None),
     ("ours by rendezvous", wanted(MINE, TRIO), View(ME, TRIO, 2.0), Reason.OWNED),
     ("theirs: wait for the owner", wanted(THEIRS, TRIO), View(ME, TRIO, 2.0), None),
-    ("theirs, owner stalled", wanted(THEIRS, TRIO), View(ME, TRIO, 2.0, stalled=frozenset({A})), Reason.OWNER_STALLED),
-    ("theirs, hot, before deadline", wanted(THEIRS, TRIO, hot=True), View(ME, TRIO, 2.0), None),
-    ("theirs, hot, past deadline", wanted(THEIRS, TRIO, hot=True), View(ME, TRIO, 4.5), Reason.HOT_DEADLINE),
-    ("theirs, hot, deadline counts after grace", wanted(THEIRS, TRIO, hot=True), View(ME, TRIO, 3.5), None),
+    ("theirs, owner stalled", wanted(THEIRS, TRIO), View(ME, TRIO, 2.0, stalled_for={A: 100.0}), Reason.OWNER_STALLED),
+    ("theirs, owner idle, not yet my turn", wanted(THEIRS, TRIO), View(ME, TRIO, 9.0, stalled_for={A: 1.0}), None),
+    ("theirs, hot, owner progressing", wanted(THEIRS, TRIO, hot=True), View(ME, TRIO, 2.0), None),
+    (
+        "theirs, hot, owner still receiving long after: not taken over",
+        wanted(THEIRS, TRIO, hot=True),
+        View(ME, TRIO, 60.0, stalled_for={A: 0.5}),
+        None,
+    ),
+    (
+        "theirs, hot, owner idle past my turn",
+        wanted(THEIRS, TRIO, hot=True),
+        View(ME, TRIO, 9.0, stalled_for={A: 6.5}),
+        Reason.HOT_DEADLINE,
+    ),
     ("a peer has it", wanted(MINE, TRIO, avail=1), View(ME, TRIO, 5.0), None),
     ("a peer has it, hot, late: peers serve it", wanted(MINE, TRIO, avail=2, hot=True), View(ME, TRIO, 9.0), None),
     (
@@ -75,6 +92,7 @@ CASES: list[tuple[str, Wanted, View, Reason | None]] = [
         View(ME, TRIO, 4.5, seeded=True),
         Reason.HOT_DEADLINE,
     ),
+    ("seeded, hot, deadline counts after grace", wanted(MINE, TRIO, hot=True), View(ME, TRIO, 3.5, seeded=True), None),
     (
         "seeded, peers slow",
         wanted(MINE, TRIO),
@@ -117,11 +135,60 @@ def test_rendezvous_splits_work_evenly_and_each_chunk_has_one_owner() -> None:
     owners = Counter(owner_of(f"chunk{n}", candidates) for n in range(8000))
     assert set(owners) == candidates
     assert min(owners.values()) > 800  # 1000 each on average
-    views = [View(me, candidates, 2.0) for me in sorted(candidates)]
     for n in range(200):
-        chunk = wanted(f"chunk{n}", candidates)
-        takers = [v.me for v in views if pick_hub_chunks([chunk], v, PARAMS)]
-        assert takers == [chunk.owner]  # exactly one node of the farm asks the hub
+        takers = [
+            me
+            for me in sorted(candidates)
+            if pick_hub_chunks([wanted(f"chunk{n}", candidates, me=me)], View(me, candidates, 2.0), PARAMS)
+        ]
+        assert takers == [owner_of(f"chunk{n}", candidates)]  # exactly one node of the farm asks the hub
+
+
+FARM = frozenset(f"10.0.1.{i}" for i in range(1, 17))
+
+
+@pytest.mark.parametrize("hot", [True, False])
+@pytest.mark.parametrize("idle_deadlines", [0.5, 1.5, 2.5, 3.5])
+def test_a_late_chunk_is_taken_over_down_its_rendezvous_order_one_node_per_deadline(
+    hot: bool, idle_deadlines: float
+) -> None:
+    """16 nodes; the owner of each chunk has made no progress for ``idle_deadlines`` deadlines: besides the owner,
+    exactly the nodes in places 1..floor(idle_deadlines) of the chunk's order take it (one more per deadline, never
+    all at once)."""
+    params = FetchParams(discovery_grace_s=1.0, hot_deadline_s=1.0, owner_stall_s=2.0, hub_slots=4)
+    for n in range(50):
+        chunk_id = f"chunk{n}"
+        order = rendezvous_order(chunk_id, FARM)
+        deadline = deadline_s(params, hot=hot, hub_time_s=None)
+        idle = {order[0]: idle_deadlines * deadline}
+        takers = [
+            me for me in FARM - {order[0]}
+            if pick_hub_chunks([wanted(chunk_id, FARM, hot=hot, me=me)], View(me, FARM, 30.0, stalled_for=idle), params)
+        ]  # fmt: skip
+        assert sorted(takers, key=order.index) == order[1 : 1 + int(idle_deadlines)]
+
+
+def test_deadlines_follow_the_measured_hub_time() -> None:
+    params = FetchParams(hot_deadline_s=1.0, owner_stall_s=2.0, hot_hub_factor=2.0, stall_hub_factor=4.0)
+    assert deadline_s(params, hot=True, hub_time_s=None) == 1.0
+    assert deadline_s(params, hot=False, hub_time_s=None) == 2.0
+    assert deadline_s(params, hot=True, hub_time_s=0.2) == 1.0  # a fast hub: the floors
+    assert deadline_s(params, hot=True, hub_time_s=3.0) == 6.0  # a hub the whole farm shares: slower deadlines
+    assert deadline_s(params, hot=False, hub_time_s=3.0) == 12.0
+
+
+def test_the_farm_window_keeps_a_queue_of_k_missing_chunks_in_fetch_order() -> None:
+    """Chunks no peer holds, in fetch order: this node may start one of its own only while fewer than K (the farm
+    window) chunks before it are missing; chunks some peer holds do not count and never wait."""
+    farm = frozenset({ME, A})
+    mine = [chunk_owned_by(ME, farm, start=100 * n) for n in range(6)]
+    chunks = [wanted(c, farm, rank=n) for n, c in enumerate(mine)]
+    view = View(ME, farm, 2.0, farm_window=3.0)
+    assert [p.chunk_id for p in pick_hub_chunks(chunks, view, PARAMS)] == mine[:3]
+    one_held = [wanted(c, farm, rank=n, avail=int(n == 1)) for n, c in enumerate(mine)]
+    assert [p.chunk_id for p in pick_hub_chunks(one_held, view, PARAMS)] == [mine[0], mine[2], mine[3]]
+    in_flight = View(ME, farm, 2.0, farm_window=3.0, hub_inflight=frozenset(mine[:2]))
+    assert [p.chunk_id for p in pick_hub_chunks(chunks, in_flight, PARAMS)] == [mine[2]]
 
 
 def test_rendezvous_moves_only_the_leavers_chunks() -> None:
@@ -137,9 +204,9 @@ def test_fetch_order_puts_hot_first_without_duplicates() -> None:
 
 
 def test_stall_tracker() -> None:
-    tracker = StallTracker(stall_s=5.0)
-    assert tracker.update({A: 1, B: 1}, now=0.0) == frozenset()
-    assert tracker.update({A: 2, B: 1}, now=4.0) == frozenset()
-    assert tracker.update({A: 2, B: 1}, now=6.0) == frozenset({B})
-    assert tracker.update({A: 2, B: 3}, now=9.5) == frozenset({A})
-    assert tracker.update({B: 3}, now=20.0) == frozenset({B})  # A left: forgotten
+    tracker = StallTracker()
+    assert tracker.update({A: 1, B: 1}, now=0.0) == {A: 0.0, B: 0.0}
+    assert tracker.update({A: 2, B: 1}, now=4.0) == {A: 0.0, B: 4.0}
+    assert tracker.update({A: 2, B: 1}, now=6.0) == {A: 2.0, B: 6.0}
+    assert tracker.update({A: 2, B: 3}, now=9.5) == {A: 5.5, B: 0.0}
+    assert tracker.update({B: 3}, now=20.0) == {B: 10.5}  # A left: forgotten

@@ -108,10 +108,10 @@ def test_stalls_slowness_owners_and_what_libtorrent_already_has() -> None:
     keeper = ViewKeeper("me", PARAMS)
     a = PeerReading("a", False, 1)
     view, wanted = look(keeper, reading(a, held=(1, 0, 0, 0, 0, 0), rate=10), 0.0)
-    assert view.stalled == frozenset()
+    assert view.stalled_for == {"a": 0.0}
     assert view.slow_for_s == 0.0
     view, wanted = look(keeper, reading(a, held=(1, 0, 0, 0, 0, 0), rate=10, have=(False, True) + (False,) * 4), 5.0)
-    assert view.stalled == {"a"}  # no new piece for owner_stall_s
+    assert view.stalled_for == {"a": 5.0}  # no new piece for 5 s
     assert view.slow_for_s == 5.0  # a peer holds a wanted chunk, the rate is below the floor
     assert "chunk1" not in {w.chunk_id for w in wanted}  # libtorrent has it: on its way into the cache
     by_id = {w.chunk_id: w for w in wanted}
@@ -119,7 +119,7 @@ def test_stalls_slowness_owners_and_what_libtorrent_already_has() -> None:
     assert by_id["chunk0"].hot
     assert by_id["chunk2"].owner == owner_of("chunk2", {"me", "a"})
     view, _ = look(keeper, reading(PeerReading("a", False, 2), rate=10), 6.0)
-    assert view.stalled == frozenset()
+    assert view.stalled_for == {"a": 0.0}
     assert view.slow_for_s == 0.0
 
 

@@ -14,6 +14,7 @@ for the next. Without a window every chunk is wanted and kept until the job ends
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,9 @@ import trio
 
 from ..errors import ChunkCorrupt, ChunkNotFound, HubError, JobFailed
 from ..formats.manifest import Manifest
+from ..hub.client import first_byte_s, forget_first_byte
 from ..policy.fetch import FetchParams, HubPick, fetch_order, pick_hub_chunks
+from ..policy.hubwindow import HubWindow
 from ..policy.retry import HubRetries, describe_missing
 from ..policy.swarmview import PeerReading, SwarmReading, ViewKeeper
 from ..swarm.torrent import NORMAL, TOP
@@ -102,6 +105,7 @@ class FetchJob:
         seed: bool = False,
         params: FetchParams | None = None,
         retries: HubRetries | None = None,
+        hub_window: HubWindow | None = None,
         window_bytes: int | None = None,
         protect: Protect = lambda ids: None,
         release: Protect = lambda ids: None,
@@ -116,6 +120,7 @@ class FetchJob:
         self._deliver = deliver
         self._params = params or FetchParams()
         self._retries = retries or HubRetries()
+        self._hub_window = hub_window or HubWindow()
         self._keeper = ViewKeeper(me, self._params, seed=seed)
         self._window_bytes = window_bytes
         self._protect, self._release = protect, release
@@ -133,6 +138,7 @@ class FetchJob:
         """The window or the hot phase may have changed since ``_slide`` last ran."""
         self._delivering: set[str] = set()
         self._hub_freed = False
+        self._next_start = -math.inf
         self.report = FetchReport(manifest.manifest_id, manifest.name, len(self._order), manifest.image_bytes)
 
     # ---- the consumer's side (streaming) --------------------------------------------------------------------------
@@ -259,6 +265,9 @@ class FetchJob:
         self._last = self._reading()
         scope: Iterable[str] = pending if self._window_bytes is None else (c for c in self._window if c in pending)
         candidates = [c for c in scope if self._retries.ready(c, now)]
+        hub = self._hub_window
+        if self._last is not None:
+            hub.join(1 + sum(1 for peer in self._last.peers if not peer.seed))
         view, wanted = self._keeper.look(
             self._last,
             candidates,
@@ -269,12 +278,17 @@ class FetchJob:
             elapsed_s=elapsed,
             hub_inflight=frozenset(self._inflight),
             delivering=frozenset(self._delivering),
+            hub_time_s=hub.srtt,
+            farm_window=hub.farm,
         )
         for pick in pick_hub_chunks(wanted, view, self._params):
             log.debug("%s: hub %s (%s) elapsed %.2f", view.me, pick.chunk_id[:8], pick.reason.name, elapsed)
             self._inflight.add(pick.chunk_id)
             self.report.hub_reasons[pick.reason.name] += 1
-            nursery.start_soon(self._from_hub, pick)
+            # this node's requests start no closer together than one chunk's transfer (``hubwindow.py``)
+            at = max(now, self._next_start)
+            self._next_start = at + hub.spacing_s
+            nursery.start_soon(self._from_hub, pick, at)
 
     def _note(self, arrival: Arrival, pending: dict[str, None]) -> None:
         if arrival.chunk_id not in pending:
@@ -294,19 +308,25 @@ class FetchJob:
         else:
             report.from_cache += 1
 
-    async def _from_hub(self, pick: HubPick) -> None:
+    async def _from_hub(self, pick: HubPick, at: float) -> None:
         chunk_id = pick.chunk_id
         try:
+            await trio.sleep(max(0.0, at - self._clock()))
+            started = self._clock()
+            forget_first_byte()
             data = await self._hub.get_chunk(chunk_id)
         except ChunkNotFound as error:
             self._failed(chunk_id, f"hub has no {chunk_id}: {error}", definitive=True)
             return
         except (HubError, ChunkCorrupt) as error:
+            self._hub_window.failed()
             self._failed(chunk_id, f"hub failed for {chunk_id}: {error}", definitive=False)
             return
         finally:
             self._inflight.discard(chunk_id)
             self._hub_freed = True
+        full = len(data) * 2 >= self.manifest.chunk_size
+        self._hub_window.done(self._clock() - started, first_byte_s(), full_size=full)
         self._delivering.add(chunk_id)  # the slot is free; the chunk is not picked again while it goes in
         try:
             await self._deliver(chunk_id, data, Source.HUB)

@@ -21,6 +21,7 @@ from ..errors import CacheFull, JobFailed
 from ..formats.manifest import Manifest
 from ..policy.eviction import Pin
 from ..policy.fetch import FetchParams
+from ..policy.hubwindow import HubWindow
 from ..policy.retry import HubRetries
 from .arrivals import Arrivals, Source
 from .datapath import ChunkSource
@@ -96,6 +97,8 @@ class JobTable:
         self._settings = settings
         self._stats = stats
         self._jobs: OrderedDict[int, Job] = OrderedDict()
+        self.hub_window = HubWindow()
+        """The agent's share of the hub, one for all its jobs (each job keeps its own retries)."""
         self._next_id = 1
 
     def get(self, job_id: int) -> Job | None:
@@ -147,6 +150,7 @@ class JobTable:
             seed=self._settings.seed,
             params=self._settings.params,
             retries=HubRetries(give_up_s=self._settings.give_up_s),
+            hub_window=self.hub_window,
             window_bytes=window,
             protect=self._cache.protect,
             release=self._cache.release,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
@@ -65,6 +66,20 @@ class Hub(Protocol):
     async def get_manifest(self, name_or_url: str) -> bytes: ...
 
 
+_FIRST_BYTE: ContextVar[float | None] = ContextVar("p2pchunks_hub_first_byte", default=None)
+
+
+def first_byte_s() -> float | None:
+    """Seconds from request to the answer's head, of the last successful HTTP hub answer in this task (None: not
+    known since :func:`forget_first_byte`, e.g. a zdb hub, which answers in one piece). The hub window's latency
+    sample (``policy.hubwindow``)."""
+    return _FIRST_BYTE.get()
+
+
+def forget_first_byte() -> None:
+    _FIRST_BYTE.set(None)
+
+
 class HttpFetcher:
     """GET (or HEAD) one URL, with hub failures translated into our errors once, here."""
 
@@ -77,10 +92,12 @@ class HttpFetcher:
         )
 
     async def get(self, url: str, missing: Callable[[str], Exception]) -> bytes:
+        started = trio.current_time()
         try:
             async with self._client.stream("GET", url) as response:
                 status = response.status_code
                 if status == 200:
+                    _FIRST_BYTE.set(trio.current_time() - started)
                     return await _read_capped(response, url, self._timeout)
         except httpx.TimeoutException as error:
             raise HubTimeout(f"{url}: {type(error).__name__}") from error

@@ -17,10 +17,15 @@ for a chunk only when peers cannot serve it in time:
   it owns. Everything else arrives from its owner over the swarm. Before the first hub request a node waits
   ``discovery_grace_s`` so that peers (LSD, DHT, trackers) have been found, and it takes its share only while its
   candidate set has been stable for ``settle_s``, so that the split it computes is the one its peers compute.
-* **its owner stalls or leaves**: a peer that has not completed a piece for ``owner_stall_s`` loses its share,
-  and one that disconnects loses it at once; the others take it over.
-* **a hot chunk misses its deadline** (no peer has it ``hot_deadline_s`` after the discovery grace): boot-critical
-  chunks go to the hub whoever owns them.
+* **its owner stalls or leaves**: one that disconnects loses its share at once (the owners are recomputed without
+  it). One that has completed no piece for a while hands each of its chunks to the *next* node in that chunk's
+  rendezvous order, and only to it: the second in line takes the chunk over once the owner has made no progress
+  for one deadline, the third after two, and so on — a late chunk costs the hub one more copy, not N. An owner that
+  is still receiving pieces is not stalled, however slow the hub is. The deadline follows the hub time this node
+  measures (``stall_hub_factor`` × its smoothed per-chunk hub time, at least ``owner_stall_s``), so a hub that is
+  slow because the whole farm shares it does not trip it.
+* **a hot chunk is late**: the same, with a shorter deadline (``hot_hub_factor`` × hub time, at least
+  ``hot_deadline_s``): boot-critical chunks move down the line first.
 * **peers are too slow**: when the torrent's payload rate from peers stays below ``peer_floor_bps`` for
   ``peer_floor_window_s`` while chunks are wanted, chunks peers do have may also come from the hub.
 
@@ -33,17 +38,20 @@ chunk past its deadline, peers slower than the floor). A seed (``View.seed``) do
 everybody can reach, so it takes from the hub every chunk no connected peer has, alone (``Reason.SEEDING``), and
 the farms behind it take about one copy each through their WAN.
 
-The hub is never asked for more than ``hub_slots`` chunks at once by one job, in fetch order (hot first, then
-the manifest's file order); an agent-wide hub rate budget is applied by the hub client. When to ask the hub again
-after a failure, and when to give up, is ``retry.py``'s; what the swarm looks like, ``swarmview.py``'s.
+How many chunks a node asks the hub for at once is its hub window's (``hubwindow.py``: delay-based, so that the
+farm as a whole keeps the hub's pipe full and no fuller whatever its size), never more than ``hub_slots``; picks go
+in fetch order (hot first, then the manifest's file order). An agent-wide hub rate budget is applied by the hub
+client. When to ask the hub again after a failure, and when to give up, is ``retry.py``'s; what the swarm looks
+like, ``swarmview.py``'s.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 
 class Reason(enum.Enum):
@@ -61,11 +69,17 @@ class Reason(enum.Enum):
 @dataclass(frozen=True)
 class FetchParams:
     discovery_grace_s: float = 1.0
-    hot_deadline_s: float = 3.0
-    owner_stall_s: float = 5.0
+    hot_deadline_s: float = 1.0
+    """Least deadline of a hot chunk's owner before the next in line takes it over."""
+    owner_stall_s: float = 2.0
+    """Least deadline of any other chunk's owner."""
+    hot_hub_factor: float = 2.0
+    stall_hub_factor: float = 4.0
+    """Deadlines are these many times the measured per-chunk hub time, when that is longer than the floors."""
     peer_floor_bps: float = 64 * 1024
     peer_floor_window_s: float = 10.0
     hub_slots: int = 8
+    """The most hub requests one job keeps in flight (its hub window may allow fewer)."""
     settle_s: float = 0.5
     """Owned chunks go to the hub only once the candidate set has not changed for this long: nodes that see the
     same peers compute the same owners, so a set still changing would send some chunks to the hub twice."""
@@ -83,6 +97,8 @@ class Wanted:
     """How many connected peers hold it."""
     owner: str
     """``owner_of(chunk_id, view.candidates)``, computed once per candidate set by the caller."""
+    place: int = 0
+    """This node's place in the chunk's rendezvous order over the candidates (0: it is the owner)."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +109,13 @@ class View:
     candidates: frozenset[str]
     """Rendezvous candidates: ``me`` plus the connected peers still downloading this manifest."""
     elapsed_s: float
-    stalled: frozenset[str] = frozenset()
+    stalled_for: Mapping[str, float] = field(default_factory=dict)
+    """Seconds since each candidate last completed a piece (a candidate not listed counts as just progressing)."""
+    hub_time_s: float | None = None
+    """This node's smoothed per-chunk hub time (None: nothing measured yet)."""
+    farm_window: float | None = None
+    """``K``: the farm keeps the first K chunks of the fetch order that nobody holds in flight at the hub, and this
+    node asks for a chunk only once fewer than K before it are missing (``hubwindow.py``). None: no such limit."""
     hub_inflight: frozenset[str] = frozenset()
     """Chunks requested from the hub and not answered yet: each holds one of the job's hub slots."""
     delivering: frozenset[str] = frozenset()
@@ -115,6 +137,10 @@ class HubPick:
     reason: Reason
 
 
+def _weight(candidate: str, chunk_id: str) -> bytes:
+    return hashlib.blake2b(f"{candidate}\0{chunk_id}".encode(), digest_size=8).digest()
+
+
 def owner_of(chunk_id: str, candidates: Iterable[str]) -> str:
     """Rendezvous (highest random weight) hashing: the candidate that fetches ``chunk_id`` from the hub.
 
@@ -122,10 +148,25 @@ def owner_of(chunk_id: str, candidates: Iterable[str]) -> str:
     """
     best, best_weight = "", b""
     for candidate in candidates:
-        weight = hashlib.blake2b(f"{candidate}\0{chunk_id}".encode(), digest_size=8).digest()
+        weight = _weight(candidate, chunk_id)
         if weight > best_weight or (weight == best_weight and candidate < best):
             best, best_weight = candidate, weight
     return best
+
+
+def rendezvous_order(chunk_id: str, candidates: Iterable[str]) -> list[str]:
+    """Every candidate in ``chunk_id``'s order: the owner first, then who takes the chunk over if it stalls.
+
+    Highest weight first; equal weights (never seen in practice) in name order, as in ``owner_of``."""
+    return sorted(candidates, key=lambda candidate: (bytes(255 - b for b in _weight(candidate, chunk_id)), candidate))
+
+
+def deadline_s(params: FetchParams, *, hot: bool, hub_time_s: float | None) -> float:
+    """How long an owner may make no progress before the next in line takes one of its chunks over."""
+    floor, factor = (params.hot_deadline_s, params.hot_hub_factor) if hot else (
+        params.owner_stall_s, params.stall_hub_factor
+    )
+    return max(floor, factor * hub_time_s) if hub_time_s is not None else floor
 
 
 def fetch_order(hot: Sequence[str], files_order: Iterable[str]) -> list[str]:
@@ -137,19 +178,23 @@ def fetch_order(hot: Sequence[str], files_order: Iterable[str]) -> list[str]:
 
 
 def pick_hub_chunks(wanted: Iterable[Wanted], view: View, params: FetchParams) -> list[HubPick]:
-    """The chunks to request from the hub now, in order, at most the free hub slots."""
+    """The chunks to request from the hub now, in fetch order, at most the free hub slots, each only once fewer
+    than the farm window of the chunks before it are missing from the farm."""
     free = params.hub_slots - len(view.hub_inflight)
     if free <= 0 or view.elapsed_s < params.discovery_grace_s:
         return []
     alone = view.candidates <= {view.me}
     peers_slow = view.slow_for_s >= params.peer_floor_window_s
-    hot_late = view.elapsed_s >= params.discovery_grace_s + params.hot_deadline_s
     settled = view.stable_for_s >= params.settle_s
     picks: list[HubPick] = []
+    missing_before = 0  # chunks earlier in the order that no peer holds (in flight somewhere, or not asked yet)
     for chunk in sorted(wanted, key=lambda w: w.rank):
+        ahead, missing_before = missing_before, missing_before + (chunk.availability == 0)
         if chunk.chunk_id in view.hub_inflight or chunk.chunk_id in view.delivering:
             continue
-        reason = _reason(chunk, view, alone=alone, peers_slow=peers_slow, hot_late=hot_late, settled=settled)
+        if view.farm_window is not None and chunk.availability == 0 and ahead >= view.farm_window:
+            break  # the farm's queue at the hub is full up to here
+        reason = _reason(chunk, view, params, alone=alone, peers_slow=peers_slow, settled=settled)
         if reason is not None:
             picks.append(HubPick(chunk.chunk_id, reason))
             if len(picks) >= free:
@@ -158,43 +203,41 @@ def pick_hub_chunks(wanted: Iterable[Wanted], view: View, params: FetchParams) -
 
 
 def _reason(
-    chunk: Wanted, view: View, *, alone: bool, peers_slow: bool, hot_late: bool, settled: bool
+    chunk: Wanted, view: View, params: FetchParams, *, alone: bool, peers_slow: bool, settled: bool
 ) -> Reason | None:
     if chunk.availability > 0:  # a peer has it: libtorrent is on it (the hot ones first)
         return Reason.PEERS_TOO_SLOW if peers_slow else None
     if view.seed:
         return Reason.SEEDING
+    deadline = deadline_s(params, hot=chunk.hot, hub_time_s=view.hub_time_s)
     if view.seeded:  # a peer of the swarm has it, maybe beyond our router: wait, as if a connected peer had it
-        if chunk.hot and hot_late:
+        if chunk.hot and view.elapsed_s >= params.discovery_grace_s + deadline:
             return Reason.HOT_DEADLINE
         return Reason.PEERS_TOO_SLOW if peers_slow else None
     if alone:
         return Reason.ALONE
-    if chunk.owner == view.me:
+    if chunk.place == 0:
         return Reason.OWNED if settled else None
-    if chunk.owner in view.stalled or chunk.owner not in view.candidates:
-        return Reason.OWNER_STALLED
-    if chunk.hot and hot_late:
-        return Reason.HOT_DEADLINE
+    idle = view.stalled_for.get(chunk.owner, 0.0) if chunk.owner in view.candidates else math.inf
+    if idle >= chunk.place * deadline:  # the next in line after one deadline, the one after it after two, ...
+        return Reason.HOT_DEADLINE if chunk.hot else Reason.OWNER_STALLED
     return None
 
 
 @dataclass
 class StallTracker:
-    """Which peers have stopped making progress (pure bookkeeping; times are passed in)."""
+    """How long each peer has gone without completing a piece (pure bookkeeping; times are passed in)."""
 
-    stall_s: float
-    _last: dict[str, tuple[int, float]] | None = None
+    _last: dict[str, tuple[int, float]] = field(default_factory=dict)
 
-    def update(self, progress: dict[str, int], now: float) -> frozenset[str]:
-        """``progress``: pieces held by each downloading peer. Returns the peers stalled for ``stall_s``."""
-        last = self._last or {}
+    def update(self, progress: Mapping[str, int], now: float) -> dict[str, float]:
+        """``progress``: pieces held by each candidate now. Returns the seconds since each last had a new one."""
         fresh: dict[str, tuple[int, float]] = {}
         for peer, pieces in progress.items():
-            seen = last.get(peer)
+            seen = self._last.get(peer)
             fresh[peer] = (pieces, now) if seen is None or pieces > seen[0] else seen
         self._last = fresh
-        return frozenset(peer for peer, (_, since) in fresh.items() if now - since >= self.stall_s)
+        return {peer: now - since for peer, (_, since) in fresh.items()}
 
 
 @dataclass(frozen=True)
