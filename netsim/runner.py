@@ -39,7 +39,8 @@ from .backends import Backend, LoopbackBackend, free_port
 from .bound import hot_bound_s, loopback_standin, lower_bound_s
 from .driver import AgentApi, NodeRun
 from .nodeconfig import API_PORT, make_image, node_config
-from .timeline import CpuLedger, longest_stall
+from .sampler import Sampler
+from .timeline import first_hub_chunk_s, longest_stall
 from .topology import NodeSpec, Topology
 
 HUB_PORT = 8080
@@ -88,15 +89,13 @@ class Run:
         self.image_bytes = 0
         self.hot_bytes = 0
         """Bytes of the images' hot (boot-critical) chunks, as published."""
+        self.manifest_bytes = 0
+        """Bytes of the images' manifests (each node fetches them from the hub before any chunk)."""
         self.image_names: list[str] = []
         self.hub_stats: dict[str, Any] = {}
-        self.timeline: list[tuple[float, int, int]] = []
-        """(t, nodes done, hub bytes out so far: ``bytes_out``, which moves while a paced chunk is still going)."""
-        self.sample_errors: list[tuple[float, str]] = []
-        """(t, what went wrong) for each sample of the hub's ``_stats`` that failed: a gap in ``timeline``."""
+        self.sampler = Sampler(self.hub_urls, every_s=options.sample_s, timeout_s=options.sample_timeout_s)
         self.harness_errors: list[str] = []
         """Faults of the run itself (deadline, a hub switch that failed, a bug): listed in the result's errors."""
-        self.cpu = CpuLedger()
         self.harness_cpu_s = 0.0
         """CPU seconds of this process (the harness) while the clock ran."""
         self._harness_mark: float | None = None
@@ -124,6 +123,7 @@ class Run:
                 chunk_size=image.chunk_kib * 1024,
                 hot_paths=hot,
             )
+            self.manifest_bytes += published.manifest_path.stat().st_size
             sizes = {chunk.id: chunk.size for entry in published.manifest.files for chunk in entry.chunks}
             self.hot_bytes += sum(sizes[chunk_id] for chunk_id in published.manifest.hot)
             self.image_names.append(name)
@@ -152,16 +152,6 @@ class Run:
             log = self.work / "logs" / ("hub.log" if i == 0 else f"hub{i}.log")
             self.hub_processes.append(self.backend.spawn(None, argv, log))
             self.hub_urls.append(f"http://{address}/")
-
-    async def hub_totals(self, http: httpx.AsyncClient) -> dict[str, Any]:
-        """Every hub's ``_stats``, summed: bytes and requests add up, the peak is the highest."""
-        each = [(await http.get(f"{url}_stats")).json() for url in self.hub_urls]
-        return {
-            "total_bytes": sum(stats["total_bytes"] for stats in each),
-            "bytes_out": sum(stats.get("bytes_out", stats["total_bytes"]) for stats in each),
-            "peak_inflight": max(stats.get("peak_inflight") or 0 for stats in each),
-            "bytes_by_hub": [stats["total_bytes"] for stats in each],
-        }
 
     def start_node(self, node: NodeRun) -> None:
         seeds = [n.address for n in self.nodes if n.spec.role == "seed"]  # a seed announces to its own tracker
@@ -208,7 +198,7 @@ class Run:
                 except Exception as error:  # a fault of the harness: still a result, with the fault in its errors
                     self._harness_fault("the run", error)
         finally:
-            self._read_cpu()
+            self.sampler.read_cpu(self._processes())
             if self._harness_mark is not None:
                 self.harness_cpu_s = time.process_time() - self._harness_mark
             self.stop_all()
@@ -223,8 +213,8 @@ class Run:
         for url in self.hub_urls:
             await http.post(f"{url}_stats/reset")
         wan_before = self.backend.wan_bytes()
-        self._read_cpu()
-        self.cpu.mark()
+        self.sampler.read_cpu(self._processes())
+        self.sampler.cpu.mark()
         self._harness_mark = time.process_time()
         self.load_average = [round(x, 2) for x in os.getloadavg()]
         start = trio.current_time()
@@ -245,11 +235,11 @@ class Run:
             unfinished = [n.spec.name for n in self.nodes if n.spec.fetches and n.done_s is None and not n.left]
             self.harness_errors.append(f"deadline of {self.options.deadline_s:g} s passed; unfinished: {unfinished}")
         try:
-            self.hub_stats = await self.hub_totals(http)
+            self.hub_stats = await self.sampler.totals(http)
         except (httpx.HTTPError, ValueError, KeyError) as error:
             self._harness_fault("the hub's final _stats (the last sample stands in)", error)
-            if self.timeline:
-                self.hub_stats = {"total_bytes": self.timeline[-1][2]}
+            if self.sampler.timeline:
+                self.hub_stats = {"total_bytes": self.sampler.timeline[-1][2]}
         self.wan = wan_usage(wan_before, self.backend.wan_bytes())
         for node in self.nodes:
             if node.process is not None and not node.left and node.process.poll() is None:
@@ -325,7 +315,7 @@ class Run:
     async def _leave(self, node: NodeRun, at: float, scope: trio.CancelScope) -> None:
         await trio.sleep_until(at)
         if node.process is not None and node.done_s is None:
-            self.cpu.read(node.spec.name, node.process.pid)
+            self.sampler.cpu.read(node.spec.name, node.process.pid)
             node.process.send_signal(signal.SIGKILL)
             node.left = True
             self.options.events.append((at, f"{node.spec.name} left"))
@@ -353,31 +343,21 @@ class Run:
 
     async def _sample(self, http: httpx.AsyncClient, start: float, scope: trio.CancelScope) -> None:
         fetching = [n for n in self.nodes if n.spec.fetches]
-        count = 0
-        while True:
-            now = trio.current_time() - start
-            try:
-                with trio.fail_after(self.options.sample_timeout_s):
-                    stats = await self.hub_totals(http)
-            except (httpx.HTTPError, trio.TooSlowError, ValueError, KeyError) as error:
-                self.sample_errors.append((round(now, 3), repr(error) if str(error) else type(error).__name__))
-            else:
-                done = sum(1 for n in fetching if n.done_s is not None)
-                self.timeline.append((round(now, 3), done, stats["bytes_out"]))
-            if count % max(1, round(1.0 / self.options.sample_s)) == 0:
-                self._read_cpu()  # about once a second: a process that dies keeps its last reading
-            count += 1
-            if all(n.done_s is not None or n.left or n.error for n in fetching):
-                scope.cancel()
-                return
-            await trio.sleep_until(start + now + self.options.sample_s)
+        await self.sampler.run(
+            http,
+            start,
+            done=lambda: sum(1 for n in fetching if n.done_s is not None),
+            over=lambda: all(n.done_s is not None or n.left or n.error for n in fetching),
+            processes=self._processes,
+        )
+        scope.cancel()
 
-    def _read_cpu(self) -> None:
-        for node in self.nodes:
-            if node.process is not None and not node.left:
-                self.cpu.read(node.spec.name, node.process.pid)
-        for i, process in enumerate(self.hub_processes):
-            self.cpu.read(f"hub{i}", process.pid)
+    def _processes(self) -> list[tuple[str, int | None]]:
+        """The processes whose CPU counts: the agents still running (not those that left) and the hubs."""
+        named: list[tuple[str, int | None]] = [
+            (n.spec.name, n.process.pid) for n in self.nodes if n.process is not None and not n.left
+        ]
+        return named + [(f"hub{i}", process.pid) for i, process in enumerate(self.hub_processes)]
 
     # ---- tear-down and results ------------------------------------------------------------------------------
 
@@ -423,7 +403,9 @@ class Run:
         last = max(done) if len(done) == len([n for n in fetching if not n.left]) and done else None
         hot = max((n.hot_s for n in fetching if n.hot_s is not None), default=None)
         image_bytes = self.image_bytes * self.options.images
-        stall = longest_stall(self.timeline, sum(1 for n in fetching if not n.left))
+        timeline, cpu = self.sampler.timeline, self.sampler.cpu
+        stall = longest_stall(timeline, sum(1 for n in fetching if not n.left))
+        first_chunk = first_hub_chunk_s(timeline, len(fetching) * self.manifest_bytes)
         agents = [n.spec.name for n in self.nodes]
         return {
             "scenario": self.options.scenario,
@@ -446,9 +428,10 @@ class Run:
             "hot_ratio_to_bound": None if hot is None or hot_bound <= 0 else round(hot / hot_bound, 3),
             "longest_stall_s": round(stall.seconds, 3),
             "longest_stall_start_s": round(stall.start_s, 3),
-            "agent_cpu_s": self.cpu.total(agents, since_mark=True),
-            "agent_boot_cpu_s": round(self.cpu.total(agents) - self.cpu.total(agents, since_mark=True), 2),
-            "hub_cpu_s": self.cpu.total([f"hub{i}" for i in range(len(self.hub_processes))], since_mark=True),
+            "first_hub_chunk_s": first_chunk,
+            "agent_cpu_s": cpu.total(agents, since_mark=True),
+            "agent_boot_cpu_s": round(cpu.total(agents) - cpu.total(agents, since_mark=True), 2),
+            "hub_cpu_s": cpu.total([f"hub{i}" for i in range(len(self.hub_processes))], since_mark=True),
             "harness_cpu_s": round(self.harness_cpu_s, 2),
             "load_average": self.load_average,
             "errors": self.harness_errors + [f"{n.spec.name}: {n.error}" for n in fetching if n.error],
@@ -460,6 +443,7 @@ class Run:
             "bytes_by_source": totals(per_node),
             "wan": self.wan,
             "sample_s": self.options.sample_s,
-            "sample_errors": self.sample_errors,
-            "timeline": self.timeline,
+            "sample_errors": self.sampler.errors,
+            "hub_inflight": self.sampler.hub_inflight,
+            "timeline": timeline,
         }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,21 +138,27 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
-async def sweep(sizes: Sequence[int], knobs: Knobs, params: ModelParams, workdir: Path | None = None) -> dict[str, Any]:
-    """farm-deploy at each size in ``sizes`` (one at a time), each with the model's prediction beside it."""
+async def sweep(
+    sizes: Sequence[int], knobs: Knobs, params: Callable[[int], ModelParams], workdir: Path | None = None
+) -> dict[str, Any]:
+    """farm-deploy at each size in ``sizes`` (one at a time), each with the model's prediction (``params(N)``)
+    beside it."""
     runs: list[dict[str, Any]] = []
     predictions: list[dict[str, Any]] = []
+    used: list[dict[str, Any]] = []
     for size in sizes:
         sized = dataclasses.replace(knobs, nodes=size)
         topo = topology("farm-deploy", sized)
-        predictions.append(predict(topo, params).as_result(topo, "farm-deploy (model)"))
+        model = params(size)
+        used.append(dataclasses.asdict(model))
+        predictions.append(predict(topo, model).as_result(topo, "farm-deploy (model)"))
         load = [round(x, 2) for x in os.getloadavg()]
         result = await run("farm-deploy", sized, None if workdir is None else workdir / f"n{size}")
         result.setdefault("load_average", load)
         runs.append(result)
     return {
         "knobs": dataclasses.asdict(knobs),
-        "model_params": dataclasses.asdict(params),
+        "model_params": used,
         "rows": [row(r, p) for r, p in zip(runs, predictions, strict=True)],
         "runs": runs,
         "model": predictions,

@@ -1,4 +1,4 @@
-"""What a run's samples say: the longest stall, and the CPU its processes used.
+"""What a run's samples say: the longest stall, when the hub's first chunk went, and the CPU the processes used.
 
 Owns two measurements taken from the outside of a run: the *stall* (pure: computed from the timeline rows the
 runner samples, ``(t_s, nodes done, hub bytes)``) and the CPU seconds of a process (read from ``/proc``). It must
@@ -43,6 +43,17 @@ def longest_stall(timeline: Sequence[Sequence[float]], to_finish: int) -> Stall:
         if t - begin[0] > best.seconds:
             best = Stall(begin[0], t - begin[0])
     return best
+
+
+def first_hub_chunk_s(timeline: Sequence[Sequence[float]], manifest_bytes: int) -> float | None:
+    """When the hub started sending chunks: the last sample before its bytes out first exceeded what the nodes'
+    manifest fetches account for (``manifest_bytes``) by a paced piece or more; None if they never did."""
+    before = None
+    for row in timeline:
+        if float(row[2]) > manifest_bytes + 16 * 1024:
+            return before
+        before = float(row[0])
+    return None
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
