@@ -5,6 +5,7 @@ The netns backend (``netns_backend.py``) implements the same protocol with netwo
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 from pathlib import Path
@@ -73,6 +74,16 @@ class LoopbackBackend:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port for a child to bind on ``host``, from below the kernel's ephemeral range (32768 and up on Linux), so
+    no port-0 bind (agents, tests, clients) can take it between this probe and the child's bind; random, so two
+    callers do not pick the same one. (``p2pchunks hub serve`` also takes port 0 and prints its ports as one JSON
+    line, which is race-free where the caller can read that line.)"""
+    for _ in range(50):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise OSError(f"no free port on {host} below the ephemeral range")

@@ -199,7 +199,7 @@ def plot(results: Sequence[Mapping[str, Any]], path: Path) -> None:
         from matplotlib.figure import Figure
     except ImportError:
         raise BadConfig(
-            "plotting needs matplotlib: pip install 'p2pchunks[plot]' (or pip install matplotlib)"
+            "plotting needs matplotlib: pip install 'p2pchunks[netsim]' (or pip install matplotlib)"
         ) from None
     for result in results:
         validate_result(result)

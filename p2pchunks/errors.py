@@ -89,6 +89,10 @@ class BadConfig(P2PChunksError, ValueError):
     """A configuration file or value that cannot be used."""
 
 
+class MissingExtra(BadConfig):
+    """A feature was asked for whose optional dependencies are not installed (``pip install 'p2pchunks[zos]'``)."""
+
+
 class BadFlist(P2PChunksError, ValueError):
     """An flist (.fl or .flist) that cannot be read."""
 

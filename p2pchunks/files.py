@@ -3,7 +3,8 @@
 An atomic write puts the bytes in a hidden temp file beside the target (same directory, so the rename is atomic
 on every POSIX filesystem), optionally fsyncs it, renames it over the target and fsyncs the directory: a reader
 sees the old file or the whole new one, never a part, and after a crash the temp file is all that can be left
-(its name starts with ``.`` and ends with ``.partial``, so sweepers can find it). Hashing reads a file in fixed
+(its name starts with ``.`` and ends with ``.partial``, so sweepers can find it). A file that something else
+builds at a path (sqlite, tarfile) gets the same treatment from :func:`replacing`. Hashing reads a file in fixed
 blocks into one reused buffer, so verifying a chunk costs a few hundred KiB of memory at most, never its size.
 
 Must not know chunks, the cache or any format: paths and bytes only.
@@ -14,17 +15,27 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["PARTIAL_SUFFIX", "atomic_write", "blake2b_file", "fsync_dir", "write_temp"]
+__all__ = ["PARTIAL_SUFFIX", "atomic_write", "blake2b_file", "fsync_dir", "replacing", "write_temp"]
+
+Sync = Callable[[int], None]
+"""``os.fsync`` (a seam for tests that make it fail)."""
 
 PARTIAL_SUFFIX = ".partial"
 HASH_BLOCK = 256 * 1024
 
 
 def write_temp(
-    directory: Path, data: bytes | memoryview, *, fsync: bool = True, mode: int = 0o644, prefix: str
+    directory: Path,
+    data: bytes | memoryview,
+    *,
+    fsync: bool = True,
+    mode: int = 0o644,
+    prefix: str,
+    sync: Sync = os.fsync,
 ) -> Path:
     """Write ``data`` to a new hidden temp file in ``directory`` (fsynced unless told not to) and return its path.
 
@@ -38,7 +49,7 @@ def write_temp(
             file.write(data)
             file.flush()
             if fsync:
-                os.fsync(file.fileno())
+                sync(file.fileno())
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise
@@ -59,7 +70,7 @@ def atomic_write(
     ``prefix``: the temp file's name start (default ``.<target name>.``); ``replace``: the rename (a seam for
     tests that fail it). The temp file never outlives a failure.
     """
-    tmp = write_temp(target.parent, data, fsync=fsync, mode=mode, prefix=prefix or f".{target.name[:40]}.")
+    tmp = write_temp(target.parent, data, fsync=fsync, mode=mode, prefix=prefix or _prefix(target))
     try:
         replace(tmp, target)
     except BaseException:
@@ -69,11 +80,38 @@ def atomic_write(
         fsync_dir(target.parent)
 
 
-def fsync_dir(directory: Path) -> None:
+@contextmanager
+def replacing(target: Path, *, fsync: bool = True, mode: int = 0o644, prefix: str | None = None) -> Iterator[Path]:
+    """A hidden temp path beside ``target`` for something else to build the new file at (sqlite, tarfile, a
+    copy); when the block ends it is chmodded to ``mode``, fsynced (unless told not to) and renamed over
+    ``target``; when the block raises it is removed."""
+    tmp = write_temp(target.parent, b"", fsync=False, mode=mode, prefix=prefix or _prefix(target))
+    try:
+        yield tmp
+        os.chmod(tmp, mode)
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        fsync_dir(target.parent)
+
+
+def _prefix(target: Path) -> str:
+    return f".{target.name[:40]}."
+
+
+def fsync_dir(directory: Path, sync: Sync = os.fsync) -> None:
     """Make a rename or a new file in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        sync(fd)
     finally:
         os.close(fd)
 

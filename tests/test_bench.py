@@ -26,3 +26,13 @@ async def test_bench_proxy_reads_every_block_three_ways(capsys: pytest.CaptureFi
     assert (figures["chunks"], figures["chunk_bytes"], figures["clients"]) == (6, 64 * 1024, 2)
     for key in ("rfs_http_MBps", "rfs_server_MBps", "zdb_MBps", "rfs_http_to_zdb_ratio", "rfs_server_to_zdb_ratio"):
         assert figures[key] > 0, key
+
+
+async def test_bench_fill_at_toy_size_against_a_hub_child_on_port_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    from p2pchunks.bench.fill import bench_fill
+
+    assert await bench_fill(2, 5.0) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["blocks"] == 4
+    assert figures["failed_blocks"] == 0
+    assert figures["warm_peer_bytes_from_hub"] == 0

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
 
-from p2pchunks.config.schema import Config, load_config, split_hostport
+from p2pchunks.agent.swarmconfig import swarm_settings
+from p2pchunks.config.schema import Config, default_of, load_config, split_hostport
 from p2pchunks.errors import BadConfig
+from p2pchunks.hub.client import HubClient
+from p2pchunks.policy.eviction import Watermarks
+from p2pchunks.policy.fetch import FetchParams
+from p2pchunks.policy.retry import HubRetries
+from p2pchunks.swarm.session import SwarmSettings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -101,3 +108,25 @@ def test_rfs_listeners_are_checked(tmp_path: Path) -> None:
     path.write_text('[rfs]\nhttp_listen = "9920"\n')
     with pytest.raises(BadConfig, match=r"rfs\.http_listen must be host:port"):
         load_config(path, env={})
+
+
+def test_each_default_lives_in_one_place() -> None:
+    """The config's defaults are the ones the code uses when it is given nothing (and the reverse)."""
+    config = Config()
+    assert swarm_settings(config) == SwarmSettings()
+    fetch = config.fetch
+    params = FetchParams()
+    for key in ("discovery_grace_s", "hot_deadline_s", "owner_stall_s", "peer_floor_bps", "peer_floor_window_s"):
+        assert getattr(fetch, key) == getattr(params, key), key
+    assert fetch.hub_slots == params.hub_slots
+    assert fetch.give_up_s == HubRetries().give_up_s
+    marks = Watermarks(budget_bytes=1)
+    assert (config.cache.high_watermark, config.cache.low_watermark) == (marks.high, marks.low)
+    hub = inspect.signature(HubClient).parameters
+    assert (hub["concurrency"].default, hub["timeout"].default, hub["retries"].default) == (
+        fetch.hub_concurrency,
+        fetch.hub_timeout_s,
+        fetch.hub_retries,
+    )
+    with pytest.raises(AttributeError, match="no plain default"):
+        default_of(Config, "swarm")  # a default_factory is no plain default

@@ -21,12 +21,12 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from p2pchunks.http.messages import parse_target
 from p2pchunks.http.server import (
     FileBody,
     Request,
     Response,
     ServerLimits,
-    _parse_target,
     json_response,
     serve_http,
 )
@@ -154,19 +154,19 @@ async def test_request_fields_reach_the_handler(nursery: trio.Nursery) -> None:
     ],
 )
 def test_parse_target_table(target: bytes, path: str, query: dict[str, str]) -> None:
-    assert _parse_target(target)[:2] == (path, query)
+    assert parse_target(target)[:2] == (path, query)
 
 
 @pytest.mark.parametrize("target", [b"/%ff", b"/a%00b", b"*"])
 def test_parse_target_rejects(target: bytes) -> None:
     with pytest.raises(ValueError, match=r"."):
-        _parse_target(target)
+        parse_target(target)
 
 
 @given(st.lists(st.text(min_size=1).filter(lambda s: "\x00" not in s), max_size=5))
 def test_parse_target_round_trips_any_path(segments: list[str]) -> None:
     path = "/" + "/".join(segments)
-    assert _parse_target(quote(path, safe="/").encode())[0] == path
+    assert parse_target(quote(path, safe="/").encode())[0] == path
 
 
 async def test_keep_alive_reuses_one_connection(nursery: trio.Nursery) -> None:

@@ -3,7 +3,9 @@ redis-py as a client of our server, and a real redis-server as the server of our
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import random
 import shutil
 import socket
 import subprocess
@@ -70,10 +72,13 @@ async def hub(hub_root: Path) -> AsyncIterator[tuple[ZdbServer, str]]:
         yield server, url
 
 
-def free_port() -> int:
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A port nothing listens on while the block runs: bound by us (so nobody else takes it), never listening, so
+    every connection to it is refused."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        yield int(s.getsockname()[1])
 
 
 # --- urls -------------------------------------------------------------------------------------------------------
@@ -189,8 +194,8 @@ async def test_latency_above_the_timeout_is_a_hub_timeout(hub_root: Path) -> Non
 
 
 async def test_server_down_is_hub_unavailable() -> None:
-    with trio.fail_after(LIMIT):
-        async with ZdbTransport(f"zdb://127.0.0.1:{free_port()}/default") as zdb:
+    with trio.fail_after(LIMIT), refusing_port() as port:
+        async with ZdbTransport(f"zdb://127.0.0.1:{port}/default") as zdb:
             with pytest.raises(HubUnavailable) as caught:
                 await zdb.fetch_chunk(MISSING)
             assert not isinstance(caught.value, HubTimeout)
@@ -440,28 +445,38 @@ def redis_server(tmp_path: Path) -> Iterator[int]:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen([*argv, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    # redis-server cannot bind port 0 and say which port it got: try random ports below the kernel's ephemeral
+    # range (which port-0 binds never get), the next one if that one was taken.
+    rng = random.Random()
+    for _ in range(5):
+        port = rng.randrange(20000, 32000)
+        argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+        proc = subprocess.Popen([*argv, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            for _ in range(100):
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if proc.poll() is not None:
-                        pytest.fail("redis-server exited at start")
-                    time.sleep(0.05)
-            else:
-                pytest.fail("redis-server did not start")
+            if _redis_answers(port, proc):
+                yield port
+                return
         finally:
-            client.close()
-        yield port
+            proc.terminate()
+            proc.wait(timeout=10)
+    pytest.fail("redis-server did not start on any of 5 ports")
+
+
+def _redis_answers(port: int, proc: subprocess.Popen[bytes]) -> bool:
+    """True once redis-server answers on ``port``; False if it exited first (the port was taken)."""
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    try:
+        for _ in range(100):
+            try:
+                client.ping()
+                return True
+            except redis.ConnectionError:
+                if proc.poll() is not None:
+                    return False
+                time.sleep(0.05)
+        pytest.fail("redis-server did not answer in 5 s")
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        client.close()
 
 
 async def test_our_transport_against_redis_server(redis_server: int) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from ..errors import BadConfig
+from ..extras import missing_extra
 from .arrivals import Arrivals
 from .jobs import Job
 
@@ -34,7 +35,10 @@ async def fill_rfs_cache(
 ) -> dict[str, Any]:
     if not cache_dir:
         raise BadConfig("rfs.cache_dir is not set: there is no rfs cache to fill")
-    from ..zos.rfscache import RfsCacheFiller, fill_image  # the zos extra
+    try:
+        from ..zos.rfscache import RfsCacheFiller, fill_image  # the zos extra
+    except ImportError as error:
+        raise missing_extra(error, "filling the rfs cache") from None
 
     job = await start(ref)
     filler = RfsCacheFiller(Path(cache_dir), quota_bytes=quota_bytes, min_free_bytes=min_free_bytes)

@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from ..cache.store import ChunkCache
-from ..errors import CacheFull, JobFailed
+from ..errors import CacheFull, JobFailed, first_error
 from ..formats.manifest import Manifest
 from ..policy.eviction import Pin
 from ..policy.fetch import FetchParams
@@ -182,12 +182,14 @@ class JobTable:
             job.state = "done"
         except trio.TooSlowError:
             job.state, job.error = "failed", f"timed out after {self._settings.timeout_s:.0f} s"
-        except JobFailed as error:
-            log.warning("%s", error)
-            job.state, job.error = "failed", str(error)
-        except Exception as error:
-            log.exception("fetch of %s failed", job.manifest.name)
-            job.state, job.error = "failed", f"{type(error).__name__}: {error}"
+        except Exception as caught:
+            error = first_error(caught) if isinstance(caught, ExceptionGroup) else caught  # raised in a nursery
+            if isinstance(error, JobFailed):
+                log.warning("%s", error)
+                job.state, job.error = "failed", str(error)
+            else:
+                log.exception("fetch of %s failed", job.manifest.name)
+                job.state, job.error = "failed", f"{type(error).__name__}: {error}"
         finally:
             self._stats.chunks_from_cache += job.fetch.report.from_cache
             self._stats.hub_reasons.update(job.fetch.report.hub_reasons)

@@ -2,7 +2,8 @@
 
 One ``AgentStats`` per agent (tests and the netsim run several agents in one process, so nothing is global);
 ``render_prometheus`` exposes it through a private registry with a custom collector, so the numbers in
-``/status`` and ``/metrics`` can never disagree.
+``/status`` and ``/metrics`` can never disagree. What the hub clients count themselves (answers that failed
+verification) is read from their own counters (``hubs``), not counted twice.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -18,6 +19,13 @@ from prometheus_client.registry import Collector
 
 HubRows = Callable[[], list[dict[str, Any]]]
 """Each hub's health row (``HubPool.health``): url, state, bytes, errors, missing, ..."""
+
+
+class HubCounters(Protocol):
+    """A hub client's own counters (``hub.client.HubClientStats``), as far as the agent reads them."""
+
+    @property
+    def corrupt(self) -> int: ...
 
 
 @dataclass
@@ -32,14 +40,21 @@ class AgentStats:
     chunks_served: int = 0
     bytes_served: int = 0
     corrupt_from_peers: int = 0
-    corrupt_from_hub: int = 0
     peers_banned: int = 0
     cache_repairs: int = 0
     hub_reasons: Counter[str] = field(default_factory=Counter)
     api_requests: Counter[str] = field(default_factory=Counter)
+    hubs: list[HubCounters] = field(default_factory=list, repr=False, compare=False)
+    """The counters of every hub client the agent uses (the main one, the warmer's)."""
+
+    @property
+    def corrupt_from_hub(self) -> int:
+        """Hub answers that did not hash to the chunk id asked for (each try counts)."""
+        return sum(hub.corrupt for hub in self.hubs)
 
     def as_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {k: v for k, v in asdict(self).items() if k != "hubs"}
+        data["corrupt_from_hub"] = self.corrupt_from_hub
         data["hub_reasons"] = dict(self.hub_reasons)
         data["api_requests"] = dict(self.api_requests)
         return data

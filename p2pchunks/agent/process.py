@@ -3,7 +3,8 @@
 Owns ``python -m p2pchunks agent --config F`` as a subprocess (used by the benchmarks, the crash tests and
 netsim's loopback backend), the config file it reads (:func:`write_config`), and the readiness protocol: the agent
 prints one JSON line on stdout once every listener is bound (:data:`READY_KEY`, the ports, its pid), so nobody
-parses prose and every port can be 0. Must not know the agent's internals: it sees the process and its line.
+parses prose and every port can be 0 (``hub serve`` prints the same line: :func:`open_ready_process` runs either).
+Must not know the agent's internals: it sees the process and its line.
 """
 
 from __future__ import annotations
@@ -106,10 +107,20 @@ async def open_agent_process(config: Path, *, stderr: Path | None = None) -> Asy
 
     Yields once the agent printed its ready line.
     """
+    async with open_ready_process(["agent", "--config", str(config)], stderr=stderr) as (process, ready):
+        yield AgentProcess(process, ready)
+
+
+@asynccontextmanager
+async def open_ready_process(
+    args: list[str], *, stderr: Path | None = None
+) -> AsyncIterator[tuple[trio.Process, dict[str, Any]]]:
+    """Run ``python -m p2pchunks <args>`` (an agent, ``hub serve``) until the block ends (SIGTERM, then SIGKILL);
+    yields the process and its ready line once it printed it."""
     err = stderr.open("ab") if stderr is not None else subprocess.DEVNULL
     try:
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "p2pchunks", "agent", "--config", str(config)],
+            [sys.executable, "-m", "p2pchunks", *args],
             stdout=subprocess.PIPE,
             stderr=err,
             stdin=subprocess.DEVNULL,
@@ -121,7 +132,7 @@ async def open_agent_process(config: Path, *, stderr: Path | None = None) -> Asy
         assert process.stdout is not None
         with trio.fail_after(READY_TIMEOUT):
             ready = await read_ready(process.stdout)
-        yield AgentProcess(process, ready)
+        yield process, ready
     finally:
         with trio.CancelScope(shield=True):
             if process.returncode is None:

@@ -27,6 +27,7 @@ import trio
 
 from ..cache.store import ChunkCache
 from ..config.schema import Config, split_hostport
+from ..extras import require
 from ..formats.manifest import Manifest
 from ..formats.seedlist import shipped_list
 from ..http.server import ServerLimits, bound_port, open_listeners, serve_http, serve_listeners
@@ -152,6 +153,12 @@ async def open_agent(config: Config, *, swarm: bool | None = None) -> AsyncItera
     """Run an agent for as long as the block runs (``swarm=False``: hub only, the zos baseline)."""
     use_swarm = config.swarm.enabled if swarm is None else swarm
     check_exposure(config.api.listen, config.api.token)
+    if config.rfs.zdb_listen:  # the zos extra: refuse at start, not in the middle of the services' start
+        require("p2pchunks.zos.zdbproxy", f"rfs.zdb_listen = {config.rfs.zdb_listen!r}")
+    if config.rfs.cache_dir:  # ... nor at the first fill
+        require("p2pchunks.zos.rfscache", f"rfs.cache_dir = {config.rfs.cache_dir!r}")
+    if config.rfs.http_listen:
+        require("p2pchunks.zos.rfsproxy", f"rfs.http_listen = {config.rfs.http_listen!r}")
     section, fetch = config.cache, config.fetch
     directory = Path(config.agent.cache_dir)
     cache = await trio.to_thread.run_sync(
@@ -196,7 +203,7 @@ async def _build(
     directory: Path,
     nursery: trio.Nursery,
 ) -> Agent:
-    stats, arrivals, disk = AgentStats(), Arrivals(), trio.CapacityLimiter(DISK_THREADS)
+    stats, arrivals, disk = AgentStats(hubs=[hub.stats]), Arrivals(), trio.CapacityLimiter(DISK_THREADS)
     fetch = config.fetch
     datapath = DataPath(cache, hub, swarm, arrivals, stats, peer_wait_s=fetch.peer_wait_s, disk=disk)
     keeper = (
@@ -261,13 +268,13 @@ async def _build(
         host, port = split_hostport(config.tracker.listen)
         tracker_port = await nursery.start(partial(serve_http, tracker.handle, host, port))
     if config.rfs.zdb_listen:
-        from ..zos.zdbproxy import serve_zdb_proxy  # the zos extra
+        from ..zos.zdbproxy import serve_zdb_proxy  # the zos extra (checked at start)
 
         host, port = split_hostport(config.rfs.zdb_listen)
         zdb_port = await nursery.start(serve_zdb_proxy, datapath.chunk, datapath.holds, host, port)
     rfs_http_port = None
     if config.rfs.http_listen:
-        from ..zos.rfsproxy import serve_rfs_store  # the zos extra
+        from ..zos.rfsproxy import serve_rfs_store  # the zos extra (checked at start)
 
         host, port = split_hostport(config.rfs.http_listen)
         rfs_http_port = await nursery.start(serve_rfs_store, datapath.chunk, datapath.size_of, host, port)
@@ -296,7 +303,7 @@ async def _build(
     await manifests.load_known()
     repairs.ready.set()
     if warmer is not None:
-        nursery.start_soon(_run_warmer, warmer, config)
+        nursery.start_soon(_run_warmer, warmer, config, stats)
     return agent
 
 
@@ -340,7 +347,7 @@ def _warmer(config: Config, manifests: ManifestBook, jobs: JobTable, cache: Chun
     )
 
 
-async def _run_warmer(warmer: Warmer, config: Config) -> None:
+async def _run_warmer(warmer: Warmer, config: Config, stats: AgentStats) -> None:
     """The warmer fetches with its own hub pool: its own (low) budget, apart from on-demand reads."""
     async with HubPool(
         config.agent.hub,
@@ -348,6 +355,7 @@ async def _run_warmer(warmer: Warmer, config: Config) -> None:
         timeout=config.fetch.hub_timeout_s,
         rate_bps=config.warm.hub_rate_bps or None,
     ) as warm_hub:
+        stats.hubs.append(warm_hub.stats)
         await warmer.run(warm_hub)
 
 

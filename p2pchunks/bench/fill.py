@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from ..agent import open_agent
+from ..agent.process import open_ready_process
 from ..config.schema import Config
 from ..zos.flistwrite import write_fl
 from ..zos.importflist import import_flist
@@ -27,12 +28,13 @@ from ..zos.rfscache import RfsCacheFiller
 from ..zos.zdb import ZdbTransport
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@asynccontextmanager
+async def _hub_process(root: Path, latency_ms: float) -> AsyncIterator[int]:
+    """``p2pchunks hub serve --zdb`` as a child (its own event loop, as a far hub would be) on ports it picks
+    itself (0); yields the zdb port its ready line reports."""
+    args = ["hub", "serve", "--root", str(root), "--listen", "127.0.0.1:0", "--zdb", "127.0.0.1:0"]
+    async with open_ready_process([*args, "--latency-ms", str(latency_ms)]) as (_, ready):
+        yield int(ready["zdb_port"])
 
 
 def _config(work: Path, name: str, ip: str, hub: str) -> Config:
@@ -68,37 +70,11 @@ async def bench_fill(image_mib: int, latency_ms: float) -> int:
         with (src / "image.raw").open("wb") as fh:
             for _ in range(image_mib):
                 fh.write(os.urandom(2**20))
-        port = _free_port()
-        zdb_url = f"zdb://127.0.0.1:{port}/default"
         store = work / "store"
-        await trio.to_thread.run_sync(lambda: write_fl(src, work / "image.fl", store, route_url=zdb_url))
-        hub = subprocess.Popen(  # noqa: ASYNC220 - a child for the whole run, stopped in the finally below
-            [
-                sys.executable,
-                "-m",
-                "p2pchunks",
-                "hub",
-                "serve",
-                "--root",
-                str(store),
-                "--listen",
-                f"127.0.0.1:{_free_port()}",
-                "--zdb",
-                f"127.0.0.1:{port}",
-                "--latency-ms",
-                str(latency_ms),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            with trio.fail_after(30):
-                while True:
-                    try:
-                        await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
-                        break
-                    except OSError:
-                        await trio.sleep(0.1)
+        store.mkdir()
+        async with _hub_process(store, latency_ms) as port:
+            zdb_url = f"zdb://127.0.0.1:{port}/default"
+            await trio.to_thread.run_sync(lambda: write_fl(src, work / "image.fl", store, route_url=zdb_url))
             # the release job (or the first node of a farm) turns the flist into a shareable manifest
             t0 = time.perf_counter()
             manifest = await import_flist(work / "image.fl", hub=zdb_url, out_dir=work / "release", name="vm")
@@ -119,9 +95,6 @@ async def bench_fill(image_mib: int, latency_ms: float) -> int:
                     peer_report = await warm.fill(manifest_path)
                     peer_s = time.perf_counter() - t0
                     from_hub = warm.stats.bytes_from_hub
-        finally:
-            hub.terminate()
-            hub.wait(timeout=20)
     figures: dict[str, Any] = {
         "image_MiB": image_mib,
         "blocks": len(blocks),

@@ -1,100 +1,119 @@
-"""The CLI's side of the local API: ``fetch`` (with a progress bar, then file assembly), ``status``, ``cache``,
-``rfs-fill``.
+"""The CLI's side of the local API: ``fetch``, ``status``, ``cache``, ``rfs-fill`` against a running agent.
 
-Owns turning API answers into what a person reads (an agent's error is shown as the agent worded it, and no
-error is ever shown empty), the time the CLI waits (``SHORT_TIMEOUT_S`` for a quick call; ``rfs-fill`` waits
-``--timeout``, as long as the agent may work on the fill), and assembling an image's files from its chunks
-(``assemble``: symlinks and modes as in the manifest, each file written to a temp name and renamed).
+Owns talking to the agent (:class:`AgentApi`: every transport failure and every error answer becomes one
+:class:`ApiError` that says what was asked of whom; long calls wait as long as the agent works) and turning its
+answers into what a person reads. Writing an image's files is ``image.py``'s, the fetch's progress ``fetch.py``'s.
+Must not know the agent's internals: only its HTTP API.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from collections.abc import Awaitable, Callable
-from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx
 import trio
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeElapsedColumn, TransferSpeedColumn
 from rich.table import Table
 
-from ..errors import BadManifest, P2PChunksError
-from ..formats.manifest import Manifest
+from ..errors import P2PChunksError
+from ..ids import is_chunk_id
 
-GetChunk = Callable[[str], Awaitable[bytes]]
-
-
-SHORT_TIMEOUT_S = 60.0
-"""A call that should answer at once (status, a job's progress, a chunk)."""
 CONNECT_TIMEOUT_S = 10.0
 
 
 class ApiError(P2PChunksError):
-    """The agent answered with an error, or could not be asked."""
+    """The agent could not be asked, or answered with an error (``status``: its HTTP status, 0 if none)."""
+
+    def __init__(self, message: str, status: int = 0, body: Any = None) -> None:
+        self.status = status
+        self.body = body
+        super().__init__(message)
 
 
-async def run_command(args: argparse.Namespace) -> int:
-    headers = {"authorization": f"Bearer {args.token}"} if args.token else {}
-    timeout = httpx.Timeout(SHORT_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
-    async with httpx.AsyncClient(base_url=args.api, headers=headers, timeout=timeout, trust_env=False) as http:
+class AgentApi:
+    """The agent's local API at ``base``; ``timeout``: how long a short call may wait for an answer."""
+
+    def __init__(self, http: httpx.AsyncClient, base: str, timeout: float) -> None:
+        self.http = http
+        self.base = base
+        self.timeout = timeout
+
+    async def call(self, method: str, path: str, body: Any = None, *, long: bool = False) -> Any:
+        """The JSON answer; ApiError for an error status. ``long``: no read timeout (the agent works meanwhile)."""
+        response = await self._send(method, path, body, long=long)
         try:
-            if args.command == "fetch":
-                return await _fetch(http, args.manifest, args.out)
-            if args.command == "rfs-fill":
-                return await _fill(http, args)
-            if args.command == "status":
-                return await _status(http, as_json=args.json)
-            return await _cache(http, args)
+            data = response.json()
+        except ValueError:
+            data = None
+        if response.status_code >= 400:
+            message = data.get("error") if isinstance(data, dict) else None
+            detail = message or response.text.strip() or response.reason_phrase
+            raise ApiError(f"{method} {path}: {response.status_code} {detail}", response.status_code, data)
+        if data is None:
+            raise ApiError(f"{method} {path}: the agent's answer is not JSON ({len(response.content)} bytes)")
+        return data
+
+    async def raw(self, path: str) -> bytes:
+        """The body of ``GET path`` (chunks, manifests)."""
+        response = await self._send("GET", path, None, long=False)
+        if response.status_code != 200:
+            try:
+                detail = response.json().get("error", "")
+            except (ValueError, AttributeError):
+                detail = response.text.strip()
+            raise ApiError(f"GET {path}: {response.status_code} {detail or response.reason_phrase}",
+                           response.status_code)
+        return response.content
+
+    async def _send(self, method: str, path: str, body: Any, *, long: bool) -> httpx.Response:
+        timeout = httpx.Timeout(None if long else self.timeout, connect=CONNECT_TIMEOUT_S)
+        try:
+            return await self.http.request(method, path, json=body, timeout=timeout)
         except httpx.TimeoutException as error:
-            raise ApiError(f"the agent at {args.api} did not answer in time ({_describe(error)})") from error
+            what = "connect" if isinstance(error, httpx.ConnectTimeout) else "answer"
+            limit = CONNECT_TIMEOUT_S if what == "connect" else self.timeout
+            raise ApiError(
+                f"the agent at {self.base} did not {what} within {limit:g} s ({method} {path}: {type(error).__name__})"
+            ) from None
         except httpx.TransportError as error:
-            raise ApiError(f"cannot reach the agent at {args.api}: {_describe(error)}") from error
+            detail = f" ({error})" if str(error) else ""
+            raise ApiError(
+                f"cannot reach the agent at {self.base} ({method} {path}): {type(error).__name__}{detail}"
+            ) from None
 
 
-def _describe(error: BaseException) -> str:
-    """What went wrong, never empty (httpx's timeouts carry no message)."""
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+async def run_command(args: argparse.Namespace, base: str, token: str) -> int:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(base_url=base, headers=headers, trust_env=False) as http:
+        api = AgentApi(http, base, args.timeout)
+        if args.command == "fetch":
+            from .fetch import fetch
+
+            return await fetch(api, args.manifest, out=args.out, wait=args.wait)
+        if args.command == "rfs-fill":
+            return await _fill(api, args)
+        if args.command == "status":
+            return await _status(api, as_json=args.json)
+        return await _cache(api, args)
 
 
-async def _call(
-    http: httpx.AsyncClient, method: str, path: str, body: Any = None, *, wait: httpx.Timeout | None = None
-) -> Any:
-    extra: dict[str, Any] = {} if wait is None else {"timeout": wait}
-    response = await http.request(method, path, json=body, **extra)
-    if response.status_code >= 400:
-        raise ApiError(f"{method} {path}: {response.status_code} {agent_error(response)}")
-    return response.json()
-
-
-def agent_error(response: httpx.Response) -> str:
-    """The agent's own words for an error answer: its JSON ``error``, else the body, else the status's name."""
-    try:
-        data = response.json()
-        message = str(data.get("error") or "") if isinstance(data, dict) else ""
-    except ValueError:
-        message = ""
-    return message or response.text.strip()[:500] or response.reason_phrase or "(the agent gave no reason)"
-
-
-async def _fill(http: httpx.AsyncClient, args: argparse.Namespace) -> int:
+async def _fill(api: AgentApi, args: argparse.Namespace) -> int:
     from ..hub.publish import parse_size
 
     body: dict[str, Any] = {"manifest": args.manifest}
     if args.quota is not None:
         body["quota_bytes"] = parse_size(args.quota)
-    wait = httpx.Timeout(args.timeout or None, connect=CONNECT_TIMEOUT_S)
-    try:
-        report = await _call(http, "POST", "/fill", body, wait=wait)
-    except httpx.TimeoutException as error:
+    with trio.move_on_after(args.timeout or math.inf) as waited:
+        report = await api.call("POST", "/fill", body, long=True)
+    if waited.cancelled_caught:
         raise ApiError(
-            f"the agent at {http.base_url} did not finish the fill within --timeout {args.timeout:g} s "
-            f"({_describe(error)}); it goes on, see `p2pchunks status`"
-        ) from error
+            f"the agent at {api.base} did not finish the fill within --timeout {args.timeout:g} s (ReadTimeout); it "
+            "goes on, see `p2pchunks status`"
+        )
     print(json.dumps(report, indent=2))
     for chunk_id, reason in report["failed"].items():
         print(f"p2pchunks: block {chunk_id} not filled (rfs fetches it itself): {reason}", file=sys.stderr)
@@ -103,95 +122,12 @@ async def _fill(http: httpx.AsyncClient, args: argparse.Namespace) -> int:
     return 0 if not report["failed"] and not report["stopped_for_space"] else 1
 
 
-async def _fetch(http: httpx.AsyncClient, ref: str, out: Path) -> int:
-    started = await _call(http, "POST", "/fetch", {"manifest": ref})
-    console = Console(stderr=True)
-    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn())
-    with Progress("[bold]{task.description}", *columns, console=console, transient=False) as progress:
-        task = progress.add_task(ref, total=None)
-        with trio.fail_after(24 * 3600):
-            while True:
-                job = await _call(http, "GET", f"/jobs/{started['job']}")
-                if job.get("chunks"):
-                    done_bytes = job["image_bytes"] * job["done"] // job["chunks"]
-                    progress.update(task, total=job["image_bytes"], completed=done_bytes)
-                if job["state"] != "running":
-                    break
-                await trio.sleep(0.2)
-    if job["state"] != "done":
-        raise ApiError(f"fetch of {ref} failed: {job.get('error')}")
-    raw = await http.get(f"/manifests/{started['manifest']}")
-    manifest = Manifest.decode(raw.content)
-
-    async def get_chunk(chunk_id: str) -> bytes:
-        response = await http.get(f"/chunks/{chunk_id}")
-        if response.status_code != 200:
-            raise ApiError(f"chunk {chunk_id}: {response.status_code} {agent_error(response)}")
-        return response.content
-
-    await assemble(manifest, out, get_chunk)
-    console.print(
-        f"{manifest.name} {manifest.version}: {len(manifest.files)} files, {manifest.image_bytes} bytes in {out} — "
-        f"{job['from_peers']} chunks from peers, {job['from_hub']} from the hub, {job['from_cache']} cached, "
-        f"{job['seconds']:.1f} s"
-    )
-    return 0
-
-
-def _safe_target(out: Path, path: str) -> Path:
-    pure = PurePosixPath(path)
-    if pure.is_absolute() or ".." in pure.parts or not pure.parts:
-        raise BadManifest(f"unsafe path in manifest: {path!r}")
-    return out.joinpath(*pure.parts)
-
-
-async def assemble(manifest: Manifest, out: Path, get_chunk: GetChunk) -> None:
-    """Write the image's files under ``out`` from their chunks."""
-    await trio.Path(out).mkdir(parents=True, exist_ok=True)
-    for entry in manifest.files:
-        target = trio.Path(_safe_target(out, entry.path))
-        await target.parent.mkdir(parents=True, exist_ok=True)
-        if entry.symlink is not None:
-            if await target.is_symlink() or await target.exists():
-                await target.unlink()
-            await target.symlink_to(entry.symlink)
-            continue
-        tmp = target.with_name(f".{target.name}.part")
-        async with await trio.open_file(tmp, "wb") as fh:
-            for chunk in entry.chunks:
-                await fh.write(await get_chunk(chunk.id))
-        await tmp.chmod(entry.mode & 0o7777 or 0o644)
-        await tmp.replace(target)
-
-
-async def _status(http: httpx.AsyncClient, *, as_json: bool) -> int:
-    status = await _call(http, "GET", "/status")
+async def _status(api: AgentApi, *, as_json: bool) -> int:
+    status = await api.call("GET", "/status")
     if as_json:
         print(json.dumps(status, indent=2))
         return 0
-    console = Console()
-    stats, gauges = status["stats"], status["gauges"]
-    table = Table(title=f"p2pchunks {status['mode']} — hub {status['hub']}")
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    rows = [
-        (
-            "cache",
-            f"{gauges['cache_chunks']} chunks, {_mib(gauges['cache_bytes'])} of {_mib(gauges['cache_budget_bytes'])}",
-        ),
-        ("torrents / peers", f"{gauges['torrents']} / {gauges['peers_connected']}"),
-        ("from peers", f"{stats['chunks_from_peers']} chunks, {_mib(stats['bytes_from_peers'])}"),
-        ("from hub", f"{stats['chunks_from_hub']} chunks, {_mib(stats['bytes_from_hub'])}"),
-        ("cache hits", str(stats["chunks_from_cache"])),
-        ("corrupt (peers / hub)", f"{stats['corrupt_from_peers']} / {stats['corrupt_from_hub']}"),
-        ("banned peers", str(stats["peers_banned"])),
-    ]
-    for hub in status.get("hubs", []):
-        state = hub["state"] if hub["state"] == "up" else f"down (retry in {hub['retry_in_s']:.0f} s)"
-        rows.append((f"hub {hub['url']}", f"{state}, {_mib(hub['bytes'])}, {hub['errors']} errors"))
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    Console().print(status_table(status))
     if status["jobs"]:
         jobs = Table(title="jobs")
         for column in ("id", "manifest", "state", "done", "peers", "hub", "seconds"):
@@ -206,26 +142,69 @@ async def _status(http: httpx.AsyncClient, *, as_json: bool) -> int:
                 str(job.get("from_hub", "")),
                 str(job.get("seconds", "")),
             )
-        console.print(jobs)
+        Console().print(jobs)
     return 0
 
 
-async def _cache(http: httpx.AsyncClient, args: argparse.Namespace) -> int:
+def status_table(status: dict[str, Any]) -> Table:
+    """The main table of ``p2pchunks status``."""
+    stats, gauges = status["stats"], status["gauges"]
+    table = Table(title=f"p2pchunks {status['mode']} — hub {status['hub']}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    cache = f"{gauges['cache_chunks']} chunks, {_mib(gauges['cache_bytes'])} of {_mib(gauges['cache_budget_bytes'])}"
+    rows = [
+        ("cache", cache),
+        ("torrents / peers", f"{gauges['torrents']} / {gauges['peers_connected']}"),
+        ("from peers", f"{stats['chunks_from_peers']} chunks, {_mib(stats['bytes_from_peers'])}"),
+        ("from hub", f"{stats['chunks_from_hub']} chunks, {_mib(stats['bytes_from_hub'])}"),
+        ("served to local readers", f"{stats['chunks_served']} chunks, {_mib(stats['bytes_served'])}"),
+        ("found cached by fetch jobs", f"{stats['chunks_from_cache']} chunks"),
+        ("corrupt (peers / hub)", f"{stats['corrupt_from_peers']} / {stats['corrupt_from_hub']}"),
+        ("banned peers", str(stats["peers_banned"])),
+    ]
+    for hub in status.get("hubs", []):
+        state = hub["state"] if hub["state"] == "up" else f"down (retry in {hub['retry_in_s']:.0f} s)"
+        rows.append((f"hub {hub['url']}", f"{state}, {_mib(hub['bytes'])}, {hub['errors']} errors"))
+    integrity = status.get("integrity")
+    if integrity:
+        repaired = f"{integrity['damaged_found']} / {integrity['repaired']}"
+        if integrity.get("repair_failed"):
+            repaired += f" ({integrity['repair_failed']} could not be fetched again)"
+        rows.append(("damaged found / repaired", repaired))
+        rows.append(("scrub", _scrub(integrity["scrub"])))
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _scrub(scrub: dict[str, Any]) -> str:
+    if not scrub.get("rate_bps"):
+        return "off"
+    done = f"{_mib(scrub['checked_bytes'])} of {_mib(scrub['pass_bytes'])} this pass"
+    return f"{done}, {scrub['passes']} passes done, {scrub['damaged']} damaged ({_mib(scrub['rate_bps'])}/s)"
+
+
+async def _cache(api: AgentApi, args: argparse.Namespace) -> int:
     action = args.cache_command
     if action == "ls":
-        listing = await _call(http, "GET", f"/cache?limit={args.limit}")
+        listing = await api.call("GET", f"/cache?limit={args.limit}")
         for entry in listing["entries"]:
             print(f"{entry['id']}  {entry['size']:>9}  {entry['pin']:<8}  {','.join(entry['manifests'])}")
         return 0
     if action == "gc":
-        result = await _call(http, "POST", "/cache/gc", {"dry_run": args.dry_run, "force": args.force})
+        result = await api.call("POST", "/cache/gc", {"dry_run": args.dry_run, "force": args.force}, long=True)
         print("\n".join(result["explain"]))
         return 0
-    key = "chunk" if len(args.target) in (32, 64) and all(c in "0123456789abcdef" for c in args.target) else "manifest"
-    body: dict[str, Any] = {key: args.target}
-    if action == "pin":
-        body["pin"] = args.pin_class
-    print(json.dumps(await _call(http, "POST", f"/cache/{action}", body)))
+    extra: dict[str, Any] = {"pin": args.pin_class} if action == "pin" else {}
+    # A manifest first: its id has the shape of a chunk id (64 hex digits), and the agent knows which it is.
+    try:
+        result = await api.call("POST", f"/cache/{action}", {"manifest": args.target, **extra})
+    except ApiError as error:
+        if error.status != 404 or not is_chunk_id(args.target):
+            raise
+        result = await api.call("POST", f"/cache/{action}", {"chunk": args.target, **extra})
+    print(json.dumps(result))
     return 0
 
 

@@ -1,9 +1,13 @@
 """The ``p2pchunks`` command: argument parsing and printing only; every action lives in its own module.
 
-Commands that talk to a running agent (``fetch``, ``status``, ``cache``, ``rfs-fill``) use its local API
-(``--api``; default ``http://`` + ``P2PCHUNKS_API_LISTEN``, the variable that also moves the agent's API, else
-``127.0.0.1:7760``, the config's default). Errors of the p2pchunks hierarchy are printed as one line and exit
-with status 1.
+Commands that talk to a running agent (``fetch``, ``status``, ``cache``, ``rfs-fill``) use its local API at
+``--api URL``; without it, at the ``api.listen`` address of the agent's configuration (``--config FILE``, else
+the defaults, both with ``P2PCHUNKS_API_LISTEN``/``P2PCHUNKS_API_TOKEN`` from the environment, as the agent reads
+them), and with ``api.token`` unless ``--token`` is given.
+
+What the user sees of a failure is one line, ``p2pchunks: <what went wrong>``, and exit status 1: never a
+traceback or an exception group (``-vv`` logs the traceback of an unexpected one). Ctrl-C exits with 130; a
+reader that stops reading (``p2pchunks cache ls | head``) ends the command quietly, as a pipe's writer should.
 """
 
 from __future__ import annotations
@@ -20,17 +24,13 @@ from typing import Any
 
 import trio
 
-from ..errors import P2PChunksError
+from ..errors import BadConfig, P2PChunksError
+from ..extras import missing_extra
 
-
-def default_api() -> str:
-    """The agent's API as the agent itself would listen without a config file: ``P2PCHUNKS_API_LISTEN`` or the
-    default ``api.listen``."""
-    return "http://" + (os.environ.get("P2PCHUNKS_API_LISTEN", "").strip() or "127.0.0.1:7760")
+log = logging.getLogger("p2pchunks")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    api = default_api()
     parser = argparse.ArgumentParser(prog="p2pchunks", description="Peer-to-peer chunk sharing for Zero-OS nodes")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -68,22 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--latency-ms", type=float, default=0.0)
     s.add_argument("--rate-mbps", type=float, default=None)
 
-    for name, help_text in (
-        ("fetch", "fetch an image through the agent and assemble its files"),
-        ("status", "the agent's status"),
-    ):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--api", default=api, help=f"the agent's local API (default {api})")
-        p.add_argument("--token", default="")
-        if name == "fetch":
-            p.add_argument("manifest", help="manifest name, id, .p2p path or URL")
-            p.add_argument("--out", type=Path, required=True)
-        else:
-            p.add_argument("--json", action="store_true")
+    p = sub.add_parser("fetch", help="fetch an image through the agent, writing its files as the chunks arrive")
+    _api_options(p)
+    p.add_argument("manifest", help="manifest name, id, .p2p path or URL")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--out", type=Path, help="write the image's files here (without: into the agent's cache only)")
+    how.add_argument("--wait", action="store_true", help="into the cache, as one call that returns at the end")
+    p = sub.add_parser("status", help="the agent's status")
+    _api_options(p)
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("cache", help="inspect and manage the agent's cache")
-    p.add_argument("--api", default=api)
-    p.add_argument("--token", default="")
+    _api_options(p)
     cache_sub = p.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
     s = cache_sub.add_parser("ls")
     s.add_argument("--limit", type=int, default=50)
@@ -119,15 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rfs-fill", help="fill the node's rfs cache (rfs.cache_dir) with an image, ahead of the VM")
     p.add_argument("manifest", help="manifest name, id, .p2p path or URL")
-    p.add_argument("--api", default=api)
-    p.add_argument("--token", default="")
+    _api_options(p, timeout_s=7200.0, timeout_help="seconds to wait for the agent to finish the fill (default: "
+                 "twice fetch.job_timeout_s's default; 0: no limit)")  # fmt: skip
     p.add_argument("--quota", help="e.g. 20GiB: most bytes the rfs cache may hold (lowers rfs.quota_bytes)")
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=7200.0,
-        help="seconds to wait for the agent to finish (default: twice fetch.job_timeout_s's default; 0: no limit)",
-    )
 
     p = sub.add_parser("bench", help="benchmarks")
     p.add_argument("what", choices=["cache", "fill", "load", "memory", "ingest", "proxy"])
@@ -144,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _api_options(
+    parser: argparse.ArgumentParser,
+    *,
+    timeout_s: float = 60.0,
+    timeout_help: str = "seconds to wait for a short call's answer",
+) -> None:
+    parser.add_argument("--api", help="the agent's local API URL (default: api.listen of the configuration)")
+    parser.add_argument("--token", help="bearer token (default: api.token of the configuration)")
+    parser.add_argument("--config", type=Path, help="the agent's configuration file, for --api and --token")
+    parser.add_argument("--timeout", type=float, default=timeout_s, help=timeout_help)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -151,12 +153,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(_dispatch(args) or 0)
-    except P2PChunksError as error:
-        print(f"p2pchunks: {str(error) or type(error).__name__}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        status = int(_dispatch(args) or 0)
+        sys.stdout.flush()  # a closed pipe fails here, where it is handled, not at the interpreter's exit
+        return status
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as error:
+        status, message = failure(error)
+        if status == BROKEN_PIPE:
+            _quiet_stdout()
+        elif message:
+            log.debug("the failure in full", exc_info=error)
+            print(f"p2pchunks: {message}", file=sys.stderr)
+        return status
+
+
+BROKEN_PIPE = 128 + 13
+"""The status of a writer killed by SIGPIPE, which is how a pipe's writer ends when its reader left."""
+
+
+def failure(error: BaseException) -> tuple[int, str]:
+    """The exit status and the one line to print for ``error`` (a group: its most telling member)."""
+    leaves = list(_leaves(error))
+    for kind, status in ((KeyboardInterrupt, 130), (BrokenPipeError, BROKEN_PIPE)):
+        if any(isinstance(leaf, kind) for leaf in leaves):
+            return status, ""
+    for leaf in leaves:
+        if isinstance(leaf, P2PChunksError):
+            return 1, str(leaf) or type(leaf).__name__
+    for leaf in leaves:
+        if isinstance(leaf, OSError):
+            what = leaf.strerror or str(leaf) or type(leaf).__name__
+            return 1, f"{leaf.filename}: {what}" if leaf.filename else what
+    first = leaves[0]
+    detail = f": {first}" if str(first) else ""
+    return 1, f"unexpected {type(first).__name__}{detail} (run with -vv to log the traceback)"
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for member in error.exceptions for leaf in _leaves(member)]
+    return [error]
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not fail again on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # not a real file (tests capture stdout)
+        pass
 
 
 def _dispatch(args: argparse.Namespace) -> int | None:
@@ -170,26 +217,31 @@ def _dispatch(args: argparse.Namespace) -> int | None:
     if command == "keygen":
         from ..formats.signing import generate_keypair
 
+        if not args.prefix.parent.is_dir():
+            raise BadConfig(f"keygen: {args.prefix.parent} is not a directory (create it first)")
         key, pub = generate_keypair(args.prefix)
         print(f"secret key: {key}\npublic key: {pub}")
         return 0
     if command == "publish":
         return _publish(args)
     if command == "hub":
-        from ..hub.server import serve_hub_forever
-
-        trio.run(serve_hub_forever, args.root, args.listen, args.zdb, args.latency_ms, args.rate_mbps)
+        trio.run(_serve_hub, args)
         return 0
     if command == "import-flist":
-        from ..zos.importflist import import_flist
-
+        try:
+            from ..zos.importflist import import_flist
+        except ImportError as error:
+            raise missing_extra(error, "import-flist") from None
         manifest = trio.run(
             partial(import_flist, args.flist, hub=args.hub, out_dir=args.out, name=args.name, version=args.version)
         )
         print(manifest.manifest_id)
         return 0
     if command == "rewrite-flist":
-        from ..zos.flistrewrite import rewrite_flist, rewrite_flist_store
+        try:
+            from ..zos.flistrewrite import rewrite_flist, rewrite_flist_store
+        except ImportError as error:
+            raise missing_extra(error, "rewrite-flist") from None
 
         if args.zdb:
             shown = args.zdb if args.zdb.startswith("zdb://") else f"zdb://{args.zdb}"
@@ -201,10 +253,14 @@ def _dispatch(args: argparse.Namespace) -> int | None:
     if command in ("fetch", "status", "cache", "rfs-fill"):
         from . import client
 
-        return trio.run(client.run_command, args)
+        base, token = api_address(args.api, args.token, args.config)
+        return trio.run(client.run_command, args, base, token)
     if command == "bench":
         if args.what == "fill":
-            from ..bench.fill import bench_fill
+            try:
+                from ..bench.fill import bench_fill
+            except ImportError as error:
+                raise missing_extra(error, "bench fill") from None
 
             return trio.run(bench_fill, args.image_mib or 1024, args.latency_ms)
         if args.what == "memory":
@@ -216,7 +272,10 @@ def _dispatch(args: argparse.Namespace) -> int | None:
 
             return trio.run(bench_ingest, args.image_mib or 512, args.workdir)
         if args.what == "proxy":
-            from ..bench.proxy import bench_proxy
+            try:
+                from ..bench.proxy import bench_proxy
+            except ImportError as error:
+                raise missing_extra(error, "bench proxy") from None
 
             return trio.run(bench_proxy, args.chunks, args.clients or 4)
         if args.what == "load":
@@ -231,9 +290,34 @@ def _dispatch(args: argparse.Namespace) -> int | None:
     raise AssertionError(command)
 
 
-def _run_agent(config_path: Path | None, *, seed: bool) -> int:
-    import os
+def api_address(api: str | None, token: str | None, config_path: Path | None) -> tuple[str, str]:
+    """The agent's API URL and token: as given, else from its configuration (file, defaults, environment)."""
+    if api is not None and token is not None:
+        return api, token
+    from ..config.schema import load_config, split_hostport
 
+    config = load_config(config_path)
+    if api is None:
+        host, port = split_hostport(config.api.listen)
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        api = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    return api, config.api.token if token is None else token
+
+
+async def _serve_hub(args: argparse.Namespace) -> None:
+    """``hub serve``: once listening, one JSON line with the bound ports (``--listen HOST:0`` works)."""
+    from ..agent.process import ready_line
+    from ..hub.server import serve_hub_forever
+
+    serve = partial(serve_hub_forever, args.root, args.listen, args.zdb, args.latency_ms, args.rate_mbps)
+    async with trio.open_nursery() as nursery:
+        http_port, zdb_port = await nursery.start(serve)
+        host = args.listen.rpartition(":")[0]
+        ports = {"http_port": http_port, "zdb_port": zdb_port}
+        print(ready_line("hub", f"{host}:{http_port}", ports, os.getpid()), flush=True)
+
+
+def _run_agent(config_path: Path | None, *, seed: bool) -> int:
     from ..agent import open_agent
     from ..agent.process import ready_line
     from ..config.schema import load_config

@@ -1,6 +1,6 @@
 """docs/configuration.md, generated from the config dataclasses so the reference cannot drift from the code.
 
-``python -m p2pchunks.configdoc > docs/configuration.md``; a test checks the file is current.
+``python -m p2pchunks.config.doc > docs/configuration.md``; a test checks the file is current.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ HEADER = """# Configuration reference
 overridden from the environment as `P2PCHUNKS_<SECTION>_<KEY>` (lists: comma-separated), e.g.
 `P2PCHUNKS_AGENT_HUB=zdb://hub:9900/default`. Unknown sections or keys, wrong types and impossible values are
 refused at start with an error naming the key. Commented examples: `deploy/agent.toml`, `deploy/seed.toml`.
-This page is generated: `python -m p2pchunks.configdoc > docs/configuration.md`.
+This page is generated: `python -m p2pchunks.config.doc > docs/configuration.md`.
 """
 
 

@@ -3,6 +3,11 @@
 Owns the names, types and defaults of every setting (docs/configuration.md is their reference) and their
 validation. Unknown sections or keys, wrong types and impossible values are refused with a ``BadConfig`` that
 names the key; nothing is silently ignored.
+
+A default lives in one place: the lowest layer that uses it. The pure policy cannot import the config, so the
+keys it reads take their defaults from it here (``FetchParams``, ``HubRetries``, ``Watermarks``:
+:func:`default_of`); the services above (the hub client, the swarm's ``SwarmSettings``) take theirs from these
+sections. Must not know libtorrent, HTTP or the agent.
 """
 
 from __future__ import annotations
@@ -18,6 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadConfig
+from ..policy.eviction import Watermarks
+from ..policy.fetch import FetchParams
+from ..policy.retry import HubRetries
+
+
+def default_of(cls: type[Any], name: str) -> Any:
+    """The default of the field ``name`` of the dataclass ``cls`` (works for slotted dataclasses too)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name and f.default is not dataclasses.MISSING:
+            return f.default
+    raise AttributeError(f"{cls.__name__}.{name} has no plain default")
 
 
 @dataclass(frozen=True)
@@ -40,9 +56,9 @@ class CacheSection:
     """0: no byte budget (the percent budget applies)."""
     budget_percent: float = 50.0
     """Budget as a share of the filesystem holding the cache; the smaller of the two budgets applies."""
-    high_watermark: float = 0.90
+    high_watermark: float = default_of(Watermarks, "high")
     """Eviction starts when the cache holds more than this share of its budget."""
-    low_watermark: float = 0.80
+    low_watermark: float = default_of(Watermarks, "low")
     """... and stops below this share. Nothing is ever evicted for being old."""
     scrub_rate_bps: int = 1024 * 1024
     """The scrub re-hashes every cached file in turn at this many bytes/s (0: off); reads are always verified."""
@@ -92,19 +108,19 @@ class SwarmSection:
 
 @dataclass(frozen=True)
 class FetchSection:
-    discovery_grace_s: float = 1.0
+    discovery_grace_s: float = default_of(FetchParams, "discovery_grace_s")
     """Wait this long for peers before the first hub request of a job."""
-    hot_deadline_s: float = 3.0
+    hot_deadline_s: float = default_of(FetchParams, "hot_deadline_s")
     """Boot-critical chunks still missing this long after a job started come from the hub."""
-    owner_stall_s: float = 5.0
+    owner_stall_s: float = default_of(FetchParams, "owner_stall_s")
     """A peer that completes no piece for this long loses its share of the hub work."""
-    peer_floor_bps: int = 64 * 1024
+    peer_floor_bps: int = int(default_of(FetchParams, "peer_floor_bps"))
     """Peers slower than this (bytes/s) ..."""
-    peer_floor_window_s: float = 10.0
+    peer_floor_window_s: float = default_of(FetchParams, "peer_floor_window_s")
     """... for this long: the hub may serve chunks peers have."""
     peer_wait_s: float = 2.0
     """On-demand reads: how long to wait for peers that have a chunk before asking the hub."""
-    hub_slots: int = 8
+    hub_slots: int = default_of(FetchParams, "hub_slots")
     """Hub requests in flight per job."""
     hub_concurrency: int = 16
     """Hub requests in flight per agent."""
@@ -116,7 +132,7 @@ class FetchSection:
     """Hub budget of this agent (0: none)."""
     job_timeout_s: float = 3600.0
     """A fetch or warm job that has not finished by then fails."""
-    give_up_s: float = 30.0
+    give_up_s: float = default_of(HubRetries, "give_up_s")
     """A chunk no peer holds and the hub has failed for this long in a row fails its job (naming it)."""
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import nacl.exceptions
 import nacl.signing
 
 from ..errors import BadConfig, BadManifest, BadSignature
+from ..files import atomic_write
 from .bencoding import bdecode, bencode
 
 __all__ = [
@@ -204,14 +204,7 @@ def sign_file(path: Path | str, key: nacl.signing.SigningKey) -> Path:
     path = Path(path)
     target = sig_path(path)
     blob = bencode(sign(key, path.read_bytes()).as_dict())
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(target, blob, fsync=False, mode=0o600)  # 0o600: what mkstemp gave it before files.py
     return target
 
 

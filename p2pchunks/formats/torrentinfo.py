@@ -3,25 +3,31 @@
 The torrent is named ``chunks``; its files are ``chunks/<ab>/<cd>/<id>`` (the cache layout, so a libtorrent
 session whose save path is a cache directory reads and writes the cache's own files), and the piece length is the
 smallest power of two ≥ the largest chunk, so piece *i* is exactly one chunk. Pieces follow the sorted file tree
-(libtorrent's order). Built with libtorrent from the chunk bytes (deterministic: same chunks → same infohash) and
-checked against a manifest's chunks when one is decoded.
+(libtorrent's order). Computed here from the chunk bytes as BEP 52 defines it (deterministic: same chunks → same
+infohash; ``tests/test_torrentinfo.py`` proves it byte for byte against libtorrent) and checked against a
+manifest's chunks when one is decoded.
 
-Must not know: manifests' other fields, networking, the cache.
+BEP 52 in the three lines we need: a file's ``pieces root`` is the root of a binary SHA-256 merkle tree over its
+16 KiB blocks (the last one may be short), with zero hashes (32 zero bytes) as leaves up to the next power of two;
+a file no larger than a piece needs no ``piece layers`` entry, and every chunk here is no larger than a piece.
+
+Must not know: manifests' other fields, networking, the cache, libtorrent.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
-from pathlib import Path, PurePosixPath
-
-import libtorrent as lt
+from pathlib import Path
 
 from .. import ids
 from ..errors import BadManifest
-from .bencoding import bdecode
 
 TORRENT_NAME = b"chunks"
-MIN_PIECE_LENGTH = 16 * 1024
+BLOCK = 16 * 1024
+"""BEP 52's leaf: a 16 KiB block."""
+MIN_PIECE_LENGTH = BLOCK
+_ZERO_HASH = bytes(32)
 _INFO_KEYS = frozenset({b"file tree", b"meta version", b"name", b"piece length"})
 
 
@@ -40,27 +46,58 @@ def build_torrent_info(directory: Path, chunks: Iterable[tuple[str, int]]) -> di
             raise BadManifest(f"chunk {chunk_id} appears with sizes {sizes[chunk_id]} and {size}")
     if not sizes:
         raise BadManifest("a torrent needs at least one chunk")
-    entries = []
+    tree: dict[bytes, dict[bytes, dict[bytes, object]]] = {}
     for chunk_id in sorted(sizes):
-        relpath = PurePosixPath("chunks", ids.chunk_relpath(chunk_id))
-        local = Path(directory, relpath)
+        local = Path(directory, "chunks", ids.chunk_relpath(chunk_id))
         try:
             actual = local.stat().st_size
+            if actual == sizes[chunk_id]:
+                leaves, actual = _block_hashes(local)
         except OSError as error:
             raise BadManifest(f"cannot hash chunk {chunk_id}: {error.strerror or error}") from None
         if actual != sizes[chunk_id]:
             raise BadManifest(f"chunk file {local} has {actual} bytes, the manifest says {sizes[chunk_id]}")
-        entries.append(lt.create_file_entry(str(relpath), sizes[chunk_id]))
-    creator = lt.create_torrent(entries, piece_length_for(max(sizes.values())), lt.create_torrent.v2_only)
-    try:
-        lt.set_piece_hashes(creator, str(directory))
-    except RuntimeError as error:
-        raise BadManifest(f"cannot hash the chunks under {directory}: {error}") from None
-    torrent = bdecode(lt.bencode(creator.generate()))
-    info = torrent[b"info"] if isinstance(torrent, dict) else None
-    if not isinstance(info, dict):
-        raise BadManifest("libtorrent produced a torrent without an info dict")
-    return info
+        level2 = tree.setdefault(chunk_id[0:2].encode(), {}).setdefault(chunk_id[2:4].encode(), {})
+        level2[chunk_id.encode()] = {b"": {b"length": actual, b"pieces root": merkle_root(leaves)}}
+    return {
+        b"file tree": tree,
+        b"meta version": 2,
+        b"name": TORRENT_NAME,
+        b"piece length": piece_length_for(max(sizes.values())),
+    }
+
+
+def pieces_root(data: bytes | memoryview) -> bytes:
+    """BEP 52's ``pieces root`` of a file holding ``data`` (not empty)."""
+    view = memoryview(data)
+    return merkle_root([hashlib.sha256(view[i : i + BLOCK]).digest() for i in range(0, len(view), BLOCK)])
+
+
+def _block_hashes(path: Path) -> tuple[list[bytes], int]:
+    """The SHA-256 of each 16 KiB block of the file at ``path`` and its size, read block by block."""
+    leaves: list[bytes] = []
+    buffer = bytearray(BLOCK)
+    view = memoryview(buffer)
+    size = 0
+    with open(path, "rb", buffering=0) as file:
+        while n := file.readinto(buffer):
+            while n < BLOCK and (more := file.readinto(view[n:])):  # a short read is not the end of the file
+                n += more
+            leaves.append(hashlib.sha256(view[:n]).digest())
+            size += n
+    return leaves, size
+
+
+def merkle_root(leaves: list[bytes]) -> bytes:
+    """The root of the binary SHA-256 tree over ``leaves`` (at least one), padded with zero hashes to a power of
+    two."""
+    if not leaves:
+        raise BadManifest("a merkle tree needs at least one leaf")
+    layer = list(leaves)
+    layer += [_ZERO_HASH] * ((1 << (len(layer) - 1).bit_length()) - len(layer))
+    while len(layer) > 1:
+        layer = [hashlib.sha256(layer[i] + layer[i + 1]).digest() for i in range(0, len(layer), 2)]
+    return layer[0]
 
 
 def pieces_of_info(info: dict[bytes, object], sizes: dict[str, int]) -> tuple[str, ...]:

@@ -18,20 +18,45 @@ newcomers wait in the kernel's backlog until a connection closes.
 from __future__ import annotations
 
 import errno
-import http
-import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from email.utils import formatdate
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import TypeAlias, cast
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import cast
 
 import h11
 import trio
+
+from .messages import (
+    Body,
+    FileBody,
+    Handler,
+    OnSent,
+    Request,
+    Response,
+    error_body,
+    error_response,
+    json_response,
+    parse_target,
+    reason,
+    response_head,
+)
+
+__all__ = [
+    "Body",
+    "FileBody",
+    "Handler",
+    "OnSent",
+    "Request",
+    "Response",
+    "ServerLimits",
+    "bound_port",
+    "json_response",
+    "open_listeners",
+    "serve_http",
+    "serve_listeners",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,44 +68,6 @@ _SENDFILE_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENO
 
 
 @dataclass(frozen=True)
-class Request:
-    method: str
-    path: str
-    """Percent-decoded path, without the query."""
-    query: dict[str, str]
-    """Decoded query fields (last one wins; undecodable bytes replaced); binary values: use ``raw_query``."""
-    headers: dict[str, str]
-    """Lowercase names; repeated fields joined with ``", "``."""
-    body: bytes
-    client: tuple[str, int]
-    raw_query: str = ""
-    """The query exactly as sent (still percent-encoded), for fields that carry raw bytes (tracker announces)."""
-
-
-@dataclass(frozen=True)
-class FileBody:
-    """``length`` bytes of ``path`` from ``offset``, sent with ``os.sendfile``."""
-
-    path: Path
-    offset: int
-    length: int
-
-
-Body: TypeAlias = bytes | FileBody | AsyncIterator[bytes]
-
-
-@dataclass
-class Response:
-    status: int
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: Body = b""
-
-
-Handler: TypeAlias = Callable[[Request], Awaitable[Response]]
-OnSent: TypeAlias = Callable[[Request, int], None]
-
-
-@dataclass(frozen=True)
 class ServerLimits:
     max_header_bytes: int = 16384
     max_body_bytes: int = 1 << 20
@@ -88,19 +75,6 @@ class ServerLimits:
     body_timeout: float = 30.0
     idle_timeout: float = 60.0
     max_connections: int = 512
-
-
-def json_response(status: int, obj: object, headers: Iterable[tuple[str, str]] = ()) -> Response:
-    body = json.dumps(obj, separators=(",", ":")).encode()
-    return Response(status, [("content-type", "application/json"), *headers], body)
-
-
-def _error_body(status: int, message: str) -> bytes:
-    return json.dumps({"error": message, "status": status}, separators=(",", ":")).encode()
-
-
-def _error_response(status: int, message: str) -> Response:
-    return Response(status, [("content-type", "application/json")], _error_body(status, message))
 
 
 async def open_listeners(host: str, port: int) -> list[trio.SocketListener]:
@@ -265,7 +239,7 @@ class _Connection:
             name, value = raw_name.decode("ascii"), raw_value.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         try:
-            path, query, raw_query = _parse_target(head.target)
+            path, query, raw_query = parse_target(head.target)
         except ValueError as error:
             return 400, f"bad request target: {error}"
         declared = headers.get("content-length", "0")
@@ -300,7 +274,7 @@ class _Connection:
             return await self.handler(request)
         except Exception:
             log.exception("handler failed on %s %s", request.method, request.path)
-            return _error_response(500, "internal server error")
+            return error_response(500, "internal server error")
 
     # ---- writing ------------------------------------------------------------------------------------------
 
@@ -319,14 +293,14 @@ class _Connection:
                     fd = _open_region(body)
                 except OSError as error:
                     log.error("cannot send %s: %s", body.path, error)
-                    response = _error_response(500, str(error))
+                    response = error_response(500, str(error))
                     body = response.body
             try:
-                head = _head(response)
+                head = response_head(response)
             except h11.LocalProtocolError as error:
                 log.error("handler gave a bad response to %s %s: %s", request.method, request.path, error)
-                response = _error_response(500, "bad response")
-                head, body = _head(response), response.body
+                response = error_response(500, "bad response")
+                head, body = response_head(response), response.body
             if request.method == "HEAD" or response.status in (204, 304):
                 await self._send(head)
             elif isinstance(body, bytes) and len(body) <= PIECE_BYTES:
@@ -401,14 +375,14 @@ class _Connection:
     async def _fail(self, status: int, message: str) -> None:
         """Answer an error the request itself caused, then close without resetting the client."""
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            body = _error_body(status, message)
+            body = error_body(status, message)
             headers = [
                 ("content-type", "application/json"),
                 ("content-length", str(len(body))),
                 ("connection", "close"),
             ]
             try:
-                await self._send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
+                await self._send(h11.Response(status_code=status, headers=headers, reason=reason(status)))
                 await self._send(h11.Data(data=body))
                 await self._send(h11.EndOfMessage())
             except h11.LocalProtocolError as error:  # e.g. a HEAD request, whose answer carries no body
@@ -423,41 +397,6 @@ class _Connection:
                 if not data:
                     break
                 drained += len(data)
-
-
-def _head(response: Response) -> h11.Response:
-    """The response head; Content-Length added for a body of known length unless the handler framed it."""
-    headers = list(response.headers)
-    names = {name.lower() for name, _ in headers}
-    body = response.body
-    length = len(body) if isinstance(body, bytes) else body.length if isinstance(body, FileBody) else None
-    bodiless_status = response.status < 200 or response.status in (204, 304)
-    if length is not None and not bodiless_status and not names & {"content-length", "transfer-encoding"}:
-        headers.append(("content-length", str(length)))
-    if "date" not in names:
-        headers.append(("date", formatdate(usegmt=True)))
-    return h11.Response(status_code=response.status, headers=headers, reason=_reason(response.status))
-
-
-def _reason(status: int) -> bytes:
-    try:
-        return http.HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
-
-
-def _parse_target(target: bytes) -> tuple[str, dict[str, str], str]:
-    """(percent-decoded path, query fields, raw query) of an origin-form or absolute-form request target."""
-    text = target.decode("ascii", errors="strict")
-    if not text.startswith("/"):  # absolute-form (what proxies send); origin-form may start with "//"
-        parts = urlsplit(text)
-        text = parts.path + (f"?{parts.query}" if parts.query else "")
-    raw_path, _, raw_query = text.partition("?")
-    path = unquote(raw_path or "/", errors="strict")
-    if not path.startswith("/") or "\x00" in path:
-        raise ValueError(f"not an absolute path: {path[:80]!r}")
-    query = dict(parse_qsl(raw_query, keep_blank_values=True, errors="replace"))
-    return path, query, raw_query
 
 
 def _open_region(body: FileBody) -> int:

@@ -9,8 +9,9 @@ Owns: the :class:`Transport` interface and its HTTP implementation, the choice o
     zdb://HOST[:PORT][/NAMESPACE]        a 0-db such as the zos hub, ``zos.zdb``
 
 and :class:`HubClient`'s policy: at most ``concurrency``
-requests at once, every chunk verified against its id before anyone sees it, jittered exponential backoff on
-timeouts, 5xx/resets and corrupt bytes, an optional byte-rate budget. Must not know: the cache, peers, manifests'
+requests at once, every chunk verified against its id before anyone sees it, jittered exponential backoff
+(``policy.retry.backoff_s``) on timeouts, 5xx/resets and corrupt bytes, an optional byte-rate budget. Its defaults
+are the config's (``[fetch]``). Must not know: the cache, peers, manifests'
 contents. Errors stay distinct: :class:`ChunkNotFound` (the hub says it has no such chunk: never retried),
 :class:`HubTimeout` and :class:`HubUnavailable` (retried), :class:`ChunkCorrupt` (retried; raised when the hub
 kept sending wrong bytes), :class:`HubError` (any other refusal, e.g. 403: not retried).
@@ -31,8 +32,11 @@ from urllib.parse import quote, urlsplit
 import httpx
 import trio
 
+from ..config.schema import FetchSection
 from ..errors import BadConfig, ChunkCorrupt, ChunkNotFound, HubError, HubTimeout, HubUnavailable, ManifestNotFound
+from ..extras import missing_extra
 from ..ids import Verifier, chunk_relpath, default_verifier, validate_chunk_id
+from ..policy.retry import backoff_s
 from .ratelimit import TokenBucket
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -191,8 +195,10 @@ def transport_for(url: str, *, timeout: float, max_connections: int) -> Transpor
         transport = RfsServerTransport(url, timeout=timeout, max_connections=max_connections)
         return transport
     if scheme == "zdb":
-        from ..zos.zdb import ZdbTransport  # lazy: an HTTP-only agent never loads the zdb client
-
+        try:
+            from ..zos.zdb import ZdbTransport  # the zos extra: an HTTP-only agent never loads the zdb client
+        except ImportError as error:
+            raise missing_extra(error, f"the zdb:// hub {url}") from None
         transport = ZdbTransport(url, timeout=timeout, max_connections=max_connections)
         return transport
     raise BadConfig(f"hub URL must be one of {', '.join(s + '://' for s in HUB_SCHEMES)}; got {redact(url)!r}")
@@ -241,9 +247,9 @@ class HubClient:
         self,
         url: str,
         *,
-        concurrency: int = 16,
-        timeout: float = 10.0,
-        retries: int = 3,
+        concurrency: int = FetchSection.hub_concurrency,
+        timeout: float = FetchSection.hub_timeout_s,
+        retries: int = FetchSection.hub_retries,
         backoff: float = 0.2,
         rate_bps: float | None = None,
         verifier: Verifier = default_verifier,
@@ -283,7 +289,7 @@ class HubClient:
         for attempt in range(self.retries + 1):
             if attempt:
                 self.stats.retries += 1
-                await trio.sleep(self._delay(attempt - 1))
+                await trio.sleep(backoff_s(attempt, base_s=self.backoff, max_s=MAX_BACKOFF, jitter=self._rng.random()))
             try:
                 async with self._slots:
                     self.stats.requests += 1
@@ -309,10 +315,6 @@ class HubClient:
         if len(data) >= VERIFY_IN_THREAD_BYTES:  # hashing releases the GIL: keep the event loop free
             return await trio.to_thread.run_sync(self.verifier, chunk_id, data)
         return self.verifier(chunk_id, data)
-
-    def _delay(self, retry: int) -> float:
-        """Seconds before retry number ``retry`` (0-based): backoff·2^retry, jittered ×[0.5, 1.5), capped."""
-        return min(MAX_BACKOFF, self.backoff * 2.0**retry) * (0.5 + self._rng.random())
 
     async def aclose(self) -> None:
         try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import nacl.signing
 
 from .. import ids
 from ..errors import BadConfig, BadManifest
+from ..files import atomic_write
 from ..formats.manifest import MAX_CHUNK_BYTES, ChunkRef, FileEntry, Manifest, build_manifest, check_path
 
 __all__ = ["PublishResult", "parse_size", "publish", "read_hot_list"]
@@ -155,15 +155,7 @@ def _cut(path: Path, chunk_size: int, writer: _ChunkWriter) -> tuple[tuple[Chunk
 
 def _write_atomic(target: Path, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:40]}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(target, data, fsync=False)
 
 
 # --- hot paths ------------------------------------------------------------------------------------------------

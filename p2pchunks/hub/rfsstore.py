@@ -13,7 +13,7 @@ Owns the URLs and the status codes of both, as the rfs development branch reads 
   holds it. The token is only for uploads in rfs; reads send none, and we never show it (``client.redact``).
 
 Neither store carries p2pchunks manifests: ``fetch_manifest`` raises ManifestNotFound at once.
-Must not know: verification, retries, several hubs (``HubClient`` and ``HubPool`` do that), the agent.
+Must not know: verification, retries, failing over (``HubClient`` and ``HubPool`` do those), the agent.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from typing import Protocol
 import trio
 
 from ..errors import BadChunkId
+from ..extras import missing_extra
 from ..http.server import FileBody, Request, Response, ServerLimits, json_response, serve_http
 from ..ids import validate_chunk_id
 from .ratelimit import TokenBucket
@@ -392,7 +393,6 @@ async def serve_hub_forever(
     ``task_status.started((http port, zdb port or None))``.
     """
     from ..config.schema import split_hostport
-    from ..zos.zdbserver import HubRootBackend, ZdbServer
 
     server = HubServer(root, latency_ms=latency_ms, rate_mbps=rate_mbps)
     raise_open_files(server.max_connections + 256)
@@ -402,6 +402,10 @@ async def serve_hub_forever(
         print(f"hub serving {root} at {_base_url(host, bound)}", flush=True)
         zdb_bound: int | None = None
         if zdb:
+            try:
+                from ..zos.zdbserver import HubRootBackend, ZdbServer  # the zos extra
+            except ImportError as error:
+                raise missing_extra(error, "serving the hub over zdb (--zdb)") from None
             zdb_server = ZdbServer(HubRootBackend(root), latency_ms=latency_ms, stats=server.stats)
             if server.egress is not None:
                 zdb_server.egress = server.egress

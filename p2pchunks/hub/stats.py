@@ -1,6 +1,6 @@
 """What a hub served, to whom, and how many requests it had in flight at once.
 
-Shared by the HTTP hub (``hub.server``) and the zdb hub (``zdbserver``); the netsim reads it to measure hub
+Shared by the HTTP hub (``hub.server``) and the zdb hub (``zos.zdbserver``); the netsim reads it to measure hub
 egress and the peak concurrency of an update storm. Plain counters, no I/O.
 
 Two byte counters: ``total_bytes`` (and ``bytes_by_client``) count a response when it ends, exactly what went out;

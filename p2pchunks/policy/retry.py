@@ -6,12 +6,23 @@ hub that comes back is asked again within about a second. A chunk is *hopeless* 
 the hub said definitively that it has no such chunk (``ChunkNotFound``) or the hub has failed for it for
 ``give_up_s`` in a row: the job then fails, naming the chunks and the last error of each, instead of waiting for
 its hour-long timeout. Pure: chunk ids, errors as text and times in, decisions out.
+
+It also owns the one backoff formula of p2pchunks (:func:`backoff_s`), which the hub client uses between the
+retries of one request too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+
+def backoff_s(failures: int, *, base_s: float, max_s: float, jitter: float | None = None) -> float:
+    """Seconds to wait after ``failures`` failures in a row (1 or more): ``base_s``·2^(failures−1), capped at
+    ``max_s``. ``jitter``: a draw in [0, 1) that scales the wait by [0.5, 1.5), so that clients that failed
+    together do not all try again at the same instant."""
+    delay = min(max_s, base_s * 2.0 ** max(0, failures - 1))
+    return delay if jitter is None else delay * (0.5 + jitter)
 
 
 @dataclass
@@ -49,7 +60,7 @@ class HubRetries:
             return True
         if record.definitive:
             return False
-        backoff = min(self.max_backoff_s, self.base_backoff_s * 2.0 ** (record.failures - 1))
+        backoff = backoff_s(record.failures, base_s=self.base_backoff_s, max_s=self.max_backoff_s)
         return now >= record.last_at + backoff
 
     def hopeless(self, pending: Iterable[str], now: float, held_by_peers: Callable[[str], bool]) -> dict[str, str]:

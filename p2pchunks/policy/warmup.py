@@ -5,6 +5,9 @@ downloads in the same minute, the storm the zos discussion feared. So each node 
 uniformly from ``[0, max_delay_s)`` by hashing its own key with the list version (deterministic, so a restart
 does not re-roll it, and different for every node and every release); the warm jobs then run peer-first, so most
 nodes find the image already in their farm when their turn comes.
+
+An image of the list is anything with a ``name`` and a ``priority`` (``formats.seedlist.OfficialImage``): the
+policy does not import the format that carries it.
 """
 
 from __future__ import annotations
@@ -12,8 +15,19 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
-from ..formats.seedlist import OfficialImage
+
+class Listed(Protocol):
+    """An image of the official list, as the schedule sees it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def priority(self) -> int: ...
+
+
+Image = TypeVar("Image", bound=Listed)
 
 
 def start_delay(node_key: str, list_version: int, max_delay_s: float) -> float:
@@ -25,14 +39,14 @@ def start_delay(node_key: str, list_version: int, max_delay_s: float) -> float:
 
 
 @dataclass(frozen=True)
-class WarmPlan:
-    warm: tuple[OfficialImage, ...]
+class WarmPlan(Generic[Image]):
+    warm: tuple[Image, ...]
     """Images to warm now, in priority order."""
     unpin: tuple[str, ...]
     """Manifest ids of replaced versions: no longer official, evictable like user data."""
 
 
-def plan_warm(images: Sequence[OfficialImage], held: Mapping[str, str], resolved: Mapping[str, str]) -> WarmPlan:
+def plan_warm(images: Sequence[Image], held: Mapping[str, str], resolved: Mapping[str, str]) -> WarmPlan[Image]:
     """``held``: image name → manifest id already warmed; ``resolved``: image name → manifest id now listed."""
     warm = tuple(
         image

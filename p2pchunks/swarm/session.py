@@ -25,6 +25,7 @@ from typing import Any, Literal
 import libtorrent as lt
 import trio
 
+from ..config.schema import SwarmSection
 from ..formats.manifest import Manifest
 from .alerts import ALERT_MASK, SwarmEvent, pump_alerts
 from .peerbytes import PeerLedger
@@ -38,24 +39,24 @@ Profile = Literal["node", "seed"]
 
 @dataclass(frozen=True)
 class SwarmSettings:
-    """How the agent's libtorrent session behaves. Defaults suit a node on a real network."""
+    """How the agent's libtorrent session behaves. Defaults (the config's ``[swarm]``) suit a node on a real network."""
 
-    listen: str = "0.0.0.0:6881"
+    listen: str = SwarmSection.listen
     profile: Profile = "node"
-    inbound: bool = True
+    inbound: bool = SwarmSection.inbound
     """False: no inbound connection is accepted, farm-mates' included (DHT, LSD and outgoing stay alive). The loopback
     tests' stand-in for strict NAT; behind a real NAT router inbound stays on (the router blocks the outside)."""
-    utp: bool = True
-    dht: bool = True
+    utp: bool = SwarmSection.utp
+    dht: bool = SwarmSection.dht
     dht_bootstrap: tuple[tuple[str, int], ...] = ()
-    lsd: bool = True
-    port_mapping: bool = False
+    lsd: bool = SwarmSection.lsd
+    port_mapping: bool = SwarmSection.port_mapping
     """Ask the router for a port mapping (UPnP / NAT-PMP); seeds that cannot port-forward by hand."""
-    upload_rate_bps: int = 0
-    download_rate_bps: int = 0
-    limit_local_peers: bool = False
+    upload_rate_bps: int = SwarmSection.upload_rate_bps
+    download_rate_bps: int = SwarmSection.download_rate_bps
+    limit_local_peers: bool = SwarmSection.limit_local_peers
     """Apply the rate caps to peers on the local network too (libtorrent exempts them by default)."""
-    connections_limit: int = 200
+    connections_limit: int = SwarmSection.connections_limit
     trackers: tuple[str, ...] = ()
     unchoke_slots: int = 0
     """0: 8 for a node, 64 for a seed."""

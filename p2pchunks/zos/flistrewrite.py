@@ -33,6 +33,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from ..errors import BadConfig, BadFlist
+from ..files import replacing
 from ..hub.rfsstore import rfs_http_block_urls, rfs_server_base
 from .flist import DEFAULT_LIMITS, V1_DB_NAME, FlistLimits, extract_db, read_flist
 from .zdb import ZdbAddress, parse_zdb_url
@@ -184,14 +185,6 @@ def _check_paths(src: Path, dst: Path) -> None:
 def _produce(dst: Path, build: Callable[[Path], None]) -> None:
     """Run ``build(tmp)`` on a temp file next to ``dst``, check the result reads as an flist, rename it to ``dst``."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dst.name[:40]}.", suffix=".partial", dir=dst.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    with replacing(dst, fsync=False) as tmp:
         build(tmp)
         read_flist(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

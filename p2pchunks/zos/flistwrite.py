@@ -33,6 +33,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write, replacing
 from ..ids import chunk_relpath
 from .codec import Blob, encode_v1, encode_v2
 from .flist import V1_DB_NAME, v1_schema
@@ -84,9 +85,7 @@ class _Blobs:
             target = self.root / chunk_relpath(blob.id)
             if not target.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
-                partial = target.with_name(f".{blob.id}.{os.getpid()}.partial")
-                partial.write_bytes(blob.data)
-                os.replace(partial, target)
+                atomic_write(target, blob.data, fsync=False)
         return blob
 
 
@@ -262,8 +261,6 @@ def write_flist_v1(
             if backend is not None:
                 db.execute("INSERT INTO metadata (key, value) VALUES (?, ?)", ("backend", json.dumps(backend)))
             db.commit()
-        partial = out.with_name(f".{out.name}.partial")
-        with tarfile.open(partial, "w:gz") as tar:
+        with replacing(out, fsync=False) as partial, tarfile.open(partial, "w:gz") as tar:
             tar.add(db_path, arcname=f"./{V1_DB_NAME}")
-        os.replace(partial, out)
     return list(blobs.blobs.values())

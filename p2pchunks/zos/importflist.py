@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -31,6 +30,7 @@ import httpx
 import trio
 
 from ..errors import BadConfig, BadFlist, HubError, HubTimeout, HubUnavailable, first_error
+from ..files import atomic_write
 from ..formats.manifest import MAX_CHUNK_BYTES, ChunkRef, FileEntry, Manifest, build_manifest
 from ..hub.client import Hub, redact
 from ..hub.pool import HubPool, hub_urls
@@ -250,12 +250,4 @@ async def _download(url: str, target: Path) -> None:
 
 def _write_atomic(target: Path, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:40]}.", suffix=".partial", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as sink:
-            sink.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(target, data, fsync=False)

@@ -21,11 +21,9 @@ Must not know: where blobs come from (``fill_image`` takes a ``get_blob`` callab
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from typing import Literal
 import trio
 
 from ..errors import BadConfig, BadManifest, ChunkCorrupt, ChunkNotFound, ChunkUnavailable, HubError, first_error
+from ..files import fsync_dir, write_temp
 from ..formats.manifest import Manifest
 from ..ids import chunk_relpath, default_verifier
 from .codec import decode
@@ -176,36 +175,21 @@ class RfsCacheFiller:
         """Temp file in the target's directory, fsync, atomic rename; the temp file never outlives a failure.
         False when a non-empty file appeared at ``target`` meanwhile (rfs finished first): it is kept."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:16]}.", suffix=".partial", dir=target.parent)
+        tmp = write_temp(target.parent, plain, fsync=self.fsync, prefix=f".{target.name[:16]}.", sync=self._sync)
         try:
-            with os.fdopen(fd, "wb") as sink:
-                sink.write(plain)
-                sink.flush()
-                if self.fsync:
-                    self._sync(sink.fileno())
-            os.chmod(tmp, 0o644)
             if self.has(target.name):  # rfs (or another filler) finished it meanwhile: keep theirs
-                os.unlink(tmp)
+                tmp.unlink()
                 return False
             os.replace(tmp, target)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            tmp.unlink(missing_ok=True)
             raise
         if self.fsync:
             try:
-                _sync_dir(target.parent, self._sync)
+                fsync_dir(target.parent, self._sync)
             except OSError as error:  # the file is whole; a crash may lose the rename: a miss for rfs
                 log.warning("rfs cache: fsync of %s failed: %s", target.parent, error)
         return True
-
-
-def _sync_dir(directory: Path, sync: Callable[[int], None]) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        sync(fd)
-    finally:
-        os.close(fd)
 
 
 def _usage(directory: Path) -> int:
