@@ -152,9 +152,9 @@ def _finish(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         plot(results, args.plot)
 
 
-CPU_S_PER_MIB = 0.019
-"""Agent CPU seconds per MiB a node fetches, measured on loopback (farm-deploy, 16 MiB, 8 and 16 nodes; see
-docs/netsim.md): what the sweep's model charges the shared cores by default."""
+CPU_S_PER_MIB = 0.02
+"""Agent CPU seconds per MiB a node fetches, measured on loopback (farm-deploy, 16 MiB, 8 and 16 nodes: 0.020 ± 0.002
+over six runs; docs/netsim.md): what the sweep's model charges the shared cores by default."""
 
 
 def _add_model_knobs(parser: argparse.ArgumentParser, *, cores: float, cpu_s_per_mib: float) -> None:

@@ -61,7 +61,8 @@ class QueueParams:
     discovery_s: float = 0.5
     """From the deploy's start until every node's candidate set is complete (LSD; grows with N on a busy machine)."""
     idle_from_s: float | None = None
-    """When owners start counting as idle (None: ``discovery_s``, when a node has seen its farm-mates)."""
+    """When owners start counting as idle: a node counts a peer idle from the moment it first sees it (None: halfway
+    through discovery, when the average peer is first seen)."""
     spread_s: float = 0.05
     """From a chunk leaving the hub until every node holds it (and so has completed a piece: it is not idle)."""
     hot_deadline_s: float = 1.0
@@ -188,7 +189,7 @@ def run_queue(
     inflight: list[_Request] = []
     k = min(p.initial, n * p.hub_slots)
     srtt: float | None = None
-    idle_from = p.idle_from_s if p.idle_from_s is not None else p.discovery_s
+    idle_from = p.idle_from_s if p.idle_from_s is not None else p.discovery_s / 2
     last_received = idle_from  # when owners last completed a piece (a chunk reached them)
     arrivals: list[float] = []  # when chunks that left the hub reach every node
     sent = 0.0

@@ -99,7 +99,7 @@ def print_sweep(rows: Sequence[Mapping[str, Any]], console: Console | None = Non
     table = Table(*(title for _, title in COLUMNS), title="netsim sweep: farm-deploy (model beside real)")
     for line in rows:
         table.add_row(*(_cell(line.get(key)) for key, _ in COLUMNS))
-    out = console or Console()
+    out = console or Console(width=180)
     out.print(table)
     for line in rows:
         reasons = ", ".join(f"{name} {count}" for name, count in (line.get("hub_reasons") or {}).items())

@@ -142,8 +142,11 @@ class HubServer:
         self.rate_mbps = rate_mbps
         self.stats = stats if stats is not None else HubStats()
         self.available = True
-        self.egress = TokenBucket(rate_mbps * 1e6 / 8) if rate_mbps else None
-        """The total egress cap (None: unlimited), shareable with a zdb server of the same hub."""
+        self.egress = TokenBucket(rate_mbps * 1e6 / 8, burst=PACED_PIECE_BYTES) if rate_mbps else None
+        """The total egress cap (None: unlimited), shareable with a zdb server of the same hub. Its burst is one piece,
+        as a link's: a bucket that let a tenth of a second of bytes go at once after a pause would make the first
+        chunk after it look several times faster than the link, and the agents size their hub window on exactly that
+        measurement (transfer time per chunk)."""
         self.linked: list[_Switchable] = []
         """Other servers of the same hub that ``/_admin/down|up`` switches too."""
         self._manifests: dict[str, _Manifest] = {}
