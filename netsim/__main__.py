@@ -87,12 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--plot", type=Path, default=None)
     p = sub.add_parser("sweep", help="farm-deploy at several farm sizes, the flow model beside each")
     _add_knobs(p, sizes=True)
-    _add_model_knobs(p, cores=float(os.cpu_count() or 1), cpu_s_per_mib=CPU_S_PER_MIB)
+    _add_model_knobs(p, cores=float(os.cpu_count() or 1), cpu_s_per_mib=CPU_S_PER_MIB, per_peer=CPU_S_PER_PEER_S)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
+    p.add_argument("--replay", type=Path, default=None, help="a saved sweep (its --json): the model again beside its "
+                   "runs, nothing run")  # fmt: skip
     p = sub.add_parser("model", help="the flow model's prediction for large farms")
     _add_knobs(p, sizes=True)
-    _add_model_knobs(p, cores=0.0, cpu_s_per_mib=0.0)
+    _add_model_knobs(p, cores=0.0, cpu_s_per_mib=0.0, per_peer=0.0)
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="farm sizes (as --nodes)")
     p.add_argument("--ideal", action="store_true", help="the ideal hub (no queue, no takeovers), not the farm queue")
     p = sub.add_parser("hubload", help="load the reference hub with many keep-alive clients: fairness, _stats latency")
@@ -152,18 +154,22 @@ def _finish(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         plot(results, args.plot)
 
 
-CPU_S_PER_MIB = 0.02
-"""Agent CPU seconds per MiB a node fetches, measured on loopback (farm-deploy, 16 MiB, 8 and 16 nodes: 0.020 ± 0.002
-over six runs; docs/netsim.md): what the sweep's model charges the shared cores by default."""
+CPU_S_PER_MIB = 0.019
+CPU_S_PER_PEER_S = 2.6e-4
+"""The agents' CPU on loopback (farm-deploy, 16 MiB at 25 Mbit/s): seconds per MiB a node takes in, and per second
+per connected farm-mate, fitted by least squares over ten runs at 8 to 64 nodes (docs/netsim.md). The sweep's model
+charges them to the machine's cores by default."""
 
 
-def _add_model_knobs(parser: argparse.ArgumentParser, *, cores: float, cpu_s_per_mib: float) -> None:
+def _add_model_knobs(parser: argparse.ArgumentParser, *, cores: float, cpu_s_per_mib: float, per_peer: float) -> None:
     parser.add_argument("--discovery-s", type=float, default=None, help="when every node's candidate set is complete "
                         "(default: the model's law for the farm size, docs/netsim.md)")  # fmt: skip
     parser.add_argument("--cores", type=float, default=cores, help=f"cores the agents share (0: each its own; "
                         f"default {cores:g})")  # fmt: skip
     parser.add_argument("--cpu-s-per-mib", type=float, default=cpu_s_per_mib, help="agent CPU seconds per MiB a "
                         f"node fetches (0: CPU not modelled; default {cpu_s_per_mib:g})")  # fmt: skip
+    parser.add_argument("--cpu-s-per-peer-s", type=float, default=per_peer, help="agent CPU seconds per second per "
+                        f"connected farm-mate (default {per_peer:g})")  # fmt: skip
 
 
 def model_params(args: argparse.Namespace, nodes: int, *, ideal: bool = False) -> ModelParams:
@@ -178,6 +184,7 @@ def model_params(args: argparse.Namespace, nodes: int, *, ideal: bool = False) -
         hub_slots=fetch.hub_slots,
         queue=QueueParams.from_policy(discovery_s=discovery),
         cpu_s_per_mib=args.cpu_s_per_mib,
+        cpu_s_per_peer_s=args.cpu_s_per_peer_s,
         cores=args.cores,
     )
 
@@ -216,12 +223,14 @@ def _round(value: float | None) -> float | None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .sweep import plot_sweep, print_sweep, sweep
+    from .sweep import plot_sweep, print_sweep, replay, sweep
 
-    sizes = _sizes(args, [8, 16, 32, 64])
-    out = trio.run(sweep, sizes, _knobs(args), partial(model_params, args), args.workdir)
-    for result in out["runs"]:
-        print_table(result)
+    if args.replay:
+        out = replay(json.loads(args.replay.read_text()), partial(model_params, args))
+    else:
+        out = trio.run(sweep, _sizes(args, [8, 16, 32, 64]), _knobs(args), partial(model_params, args), args.workdir)
+        for result in out["runs"]:
+            print_table(result)
     print_sweep(out["rows"])
     if args.json:
         write_json(out, args.json)

@@ -9,9 +9,9 @@ processes: what happens to a chunk after it left the hub is ``model.py``'s fluid
 
 Theory of operation (time-stepped, a few dozen steps per chunk transfer):
 
-* **Start.** No node asks the hub before ``grace_s``, nor before its candidate set (the farm's members) has been
-  stable for ``settle_s`` after discovery (``discovery_s``): the first request goes out at
-  ``max(grace_s, discovery_s + settle_s)``.
+* **Start.** No node asks the hub before ``grace_s``. An owner asks for its own chunks only once its candidate set
+  (the farm's members) has been stable for ``settle_s`` after discovery (``discovery_s``): at
+  ``max(grace_s, discovery_s + settle_s)``. A takeover needs no settled set, only the grace.
 * **Queue.** A chunk may be requested once fewer than ``K`` chunks before it in the order are still missing from the
   farm (in flight or not asked yet); its owner requests it at its next look, ``notice_s`` later on average (spread
   evenly over twice that: each node looks at its own moments). A request waits ``latency_s`` for the hub's first
@@ -21,12 +21,13 @@ Theory of operation (time-stepped, a few dozen steps per chunk transfer):
   reaction_s)/t``; the sampling node moves its ``K`` by ``min(1, step · N)`` of the way to ``K*``. Nodes are alike,
   so the model keeps their mean ``K``, moved by ``1/N`` of that per sample. ``K`` stays within [floor, ceiling] and
   under ``N · hub_slots``.
-* **Takeovers.** An owner is idle from ``idle_from_s`` (when the farm's peers first see each other) until its first
-  received chunk, and after every chunk it receives again until the next: chunks reach every node ``spread_s`` after
-  they leave the hub. A chunk still missing whose owner has been idle for ``p`` deadlines is requested once more by
-  the p-th next node of its rendezvous order (so one more request per deadline, never N); deadline =
-  ``max(floor, factor × srtt)``, srtt the smoothed hub time of a chunk (hot chunks: their own floor and factor). A
-  takeover request is never cancelled: every copy the hub starts, it sends whole.
+* **Takeovers.** A node counts a farm-mate idle from the moment it first sees it (``first_seen_s``) until that
+  mate completes a piece, and again after each one: chunks reach every node ``spread_s`` after they leave the hub. A
+  chunk in the window whose owner has been idle for ``p`` deadlines is asked for by the p-th next node of its
+  rendezvous order (one more request per deadline, never N); deadline = ``max(floor, factor × srtt)``, srtt the
+  smoothed hub time of a chunk (hot chunks: their own floor and factor). A taker that goes before the owner has
+  asked stands in for it (the owner then sees the chunk on its way and does not ask: the runs show no copy then);
+  one that goes after is a second copy. Copies are never cancelled: every copy the hub starts, it sends whole.
 
 What it leaves out: node spacing (a node starts its own requests one ``t`` apart: with N ≥ 2 the farm starts
 requests faster than the hub serves them, so it never binds); per-node differences of ``K`` (the mean stands for all);
@@ -60,9 +61,9 @@ class QueueParams:
     settle_s: float = 0.5
     discovery_s: float = 0.5
     """From the deploy's start until every node's candidate set is complete (LSD; grows with N on a busy machine)."""
-    idle_from_s: float | None = None
-    """When owners start counting as idle: a node counts a peer idle from the moment it first sees it (None: halfway
-    through discovery, when the average peer is first seen)."""
+    first_seen_s: float = 0.2
+    """When a node first sees its farm-mates (LSD: the first peers connect ~0.1 s after the torrent is added): from
+    then on it counts them idle until they complete a piece."""
     spread_s: float = 0.05
     """From a chunk leaving the hub until every node holds it (and so has completed a piece: it is not idle)."""
     hot_deadline_s: float = 1.0
@@ -93,16 +94,17 @@ class QueueParams:
         return dataclasses.replace(shipped, **timings)
 
 
-DISCOVERY_S_PER_NODE = 0.06
-"""Loopback on a 2-core machine: the candidate set is complete about 60 ms per node after the deploy starts (every
-agent connects to every other one, all on the same cores). Fitted on the runs at N = 8 and 16 (docs/netsim.md)."""
+DISCOVERY_S_SHARED = 0.75
+"""Loopback on a 2-core machine: every node's candidate set is complete about 0.75 s after the deploy starts at 16 to
+64 nodes, within half a second at 8 (measured: ``first_hub_chunk_s`` - settle; docs/netsim.md)."""
 DISCOVERY_S = 0.5
 """Nodes on machines of their own: LSD finds the farm within half a second (an assumption, not a measurement)."""
 
 
 def discovery_s(nodes: int, shared_machine: bool) -> float:
-    """When every node's candidate set is complete, by the model's law (``DISCOVERY_S_PER_NODE``, ``DISCOVERY_S``)."""
-    return DISCOVERY_S_PER_NODE * nodes if shared_machine else DISCOVERY_S
+    """When every node's candidate set is complete (``DISCOVERY_S_SHARED``, ``DISCOVERY_S``; a farm of a few nodes
+    sooner: 60 ms a node, as measured at 8)."""
+    return min(DISCOVERY_S_SHARED if shared_machine else DISCOVERY_S, 0.06 * nodes)
 
 
 @dataclass(frozen=True)
@@ -153,10 +155,16 @@ class QueueRun:
     hub_bytes: float
     requests: int
     takeovers: int
+    """Requests made by takers (the agents' HOT_DEADLINE and OWNER_STALLED), whether they stood in or were copies."""
     first_request_s: float
     window: list[tuple[float, float]] = field(default_factory=list)
     """``(t, K)`` at each sample."""
     peak_inflight: int = 0
+
+    @property
+    def copies(self) -> int:
+        """Requests beyond one per chunk: the chunks the hub sent twice or more."""
+        return self.requests - len(self.done_at)
 
     def hot_done_at(self, chunks: Sequence[Chunk]) -> float:
         hot = [t for t, chunk in zip(self.done_at, chunks, strict=True) if chunk.hot]
@@ -181,6 +189,7 @@ def run_queue(
     p = params
     full = max((c.size for c in chunks), default=1)
     typical_rate = max(rate_bps(p.first_request_s), 1.0)
+    owners_from = p.first_request_s  # owners ask once settled; takers from the grace on
     dt = dt or max(1e-4, min(full / typical_rate, latency_s or 1.0, p.notice_s or 1.0) / 20)
     n = max(1, nodes)
     done_at = [math.inf] * len(chunks)
@@ -189,12 +198,12 @@ def run_queue(
     inflight: list[_Request] = []
     k = min(p.initial, n * p.hub_slots)
     srtt: float | None = None
-    idle_from = p.idle_from_s if p.idle_from_s is not None else p.discovery_s / 2
-    last_received = idle_from  # when owners last completed a piece (a chunk reached them)
+    last_received = p.first_seen_s  # when owners last completed a piece (a chunk reached them), as their mates see it
+    taken_at = [math.inf] * len(chunks)  # when a taker first asked for each chunk
     arrivals: list[float] = []  # when chunks that left the hub reach every node
     sent = 0.0
     run = QueueRun(done_at, 0.0, 0, 0, p.first_request_s)
-    t = p.first_request_s
+    t = min(p.grace_s, owners_from)
     head = 0  # first chunk not yet done
     while head < len(chunks) and t < horizon_s:
         # the window: the first K chunks still missing (rounded: K is a mean over nodes)
@@ -208,16 +217,18 @@ def run_queue(
             missing += 1
             if asked_at[index] == math.inf:
                 asked_at[index] = t
-            wanted = 1 if t >= asked_at[index] + _notice(index, p.notice_s) else 0
-            if wanted and copies[index]:  # takeovers: one more copy per deadline the owner has been idle
-                hot = chunks[index].hot
-                floor, factor = (p.hot_deadline_s, p.hot_hub_factor) if hot else (p.owner_stall_s, p.stall_hub_factor)
-                deadline = max(floor, factor * srtt) if srtt is not None else floor
-                wanted = min(n, 1 + math.floor(max(0.0, t - last_received) / deadline))
-            while copies[index] < wanted:
+            owner_at = max(owners_from, asked_at[index] + _notice(index, p.notice_s))
+            hot = chunks[index].hot
+            floor, factor = (p.hot_deadline_s, p.hot_hub_factor) if hot else (p.owner_stall_s, p.stall_hub_factor)
+            deadline = max(floor, factor * srtt) if srtt is not None else floor
+            takers = min(n - 1, math.floor(max(0.0, t - last_received) / deadline))  # one more per deadline
+            if takers and taken_at[index] == math.inf:
+                taken_at[index] = t
+            owner = t >= owner_at and owner_at <= taken_at[index]  # a taker that went first stands in for it
+            while copies[index] < takers + owner:
                 copies[index] += 1
                 run.requests += 1
-                run.takeovers += copies[index] > 1
+                run.takeovers += copies[index] > 1 or not owner
                 inflight.append(_Request(index, t + latency_s, float(chunks[index].size), k))
         run.peak_inflight = max(run.peak_inflight, len(inflight))
         # processor sharing among the transfers that have their first byte

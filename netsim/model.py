@@ -28,8 +28,13 @@ Assumptions (each a simplification of what the agents do; see ``p2pchunks/fetch.
   work without duplicates (the rendezvous split of ``fetch.py``), so hub egress adds ``A`` one for one. Hub egress is
   capped at ``u_hub`` and shared max-min fairly; each node's hub rate is also capped by ``hub_slots · chunk /
   latency``. No queueing, no takeovers, the coordination time (``coordination_s``) added at the end.
-* **CPU (``cores``, ``cpu_s_per_mib``).** Where the agents share ``cores`` (a loopback run), all their CPU work,
-  ``N · F · cpu_s_per_mib``, must fit before the last node is done: no node is done before ``work / cores``.
+* **CPU (``cores``, ``cpu_s_per_mib``, ``cpu_s_per_peer_s``).** An agent spends ``cpu_s_per_mib`` on each MiB it
+  takes in, and ``cpu_s_per_peer_s`` each second for each farm-mate it is connected to (its looks walk every peer,
+  libtorrent keeps every connection). Where N agents share ``cores`` (a loopback run), the connections take
+  ``N(N-1) · cpu_s_per_peer_s`` of them and what is left caps the bytes all nodes together take in per second
+  (``(cores - that) / cpu_s_per_mib`` MiB/s, never below a tenth of the cores): a farm too big for its machine
+  finishes when its CPU allows, not its hub. The agents' CPU seconds: ``N · F · cpu_s_per_mib +
+  N(N-1) · cpu_s_per_peer_s · T`` (T: the last node done).
 * **Hub, hub-only mode.** Every node fetches everything from the hub, same caps; peers exchange nothing.
 * **Per step.** Hub first (it creates swarm content), then peers from what the swarm held at the step's start;
   each node's download cap bounds both together. A node is done at the end of the step in which it holds ``F``
@@ -75,6 +80,8 @@ class ModelParams:
     """The farm's queue at the hub (``farmqueue``: queueing, the farm window, takeovers); None: the ideal."""
     cpu_s_per_mib: float = 0.0
     """Agent CPU seconds per MiB one node fetches (a run's ``agent_cpu_s`` / (N × image MiB)); 0: not modelled."""
+    cpu_s_per_peer_s: float = 0.0
+    """Agent CPU seconds per second per connected farm-mate (fitted on loopback runs); 0: not modelled."""
     cores: float = 0.0
     """Cores all agents share (a loopback run on one machine); 0: each agent has its own (a real grid)."""
 
@@ -92,7 +99,8 @@ class Prediction:
     curve: tuple[tuple[float, int, float, float], ...]
     """``(t_s, nodes done, hub bytes so far, peer bytes so far)``, at most ``curve_points`` rows."""
     hot_done_s: float | None = None
-    """When every node holds the hot chunks (queue model only)."""
+    """When every node holds the hot chunks (queue model only): the last hot chunk left the hub, and every node has
+    taken in as many bytes as the hot set (its pieces go first), plus the spread."""
     agent_cpu_s: float | None = None
     """CPU seconds all agents use (``cpu_s_per_mib`` given)."""
     queue: QueueRun | None = None
@@ -290,6 +298,9 @@ def predict(topo: Topology, params: ModelParams = ModelParams()) -> Prediction:
     last_chunk = 0.0 if queued is None else max(d for d in queued[1].done_at if math.isfinite(d))
     held: Floats = np.zeros_like(cls.count)
     owed: Floats = np.zeros_like(cls.count)  # per node: queue bytes that left the hub and have not come in yet
+    intake = _intake_bps(topo, params)
+    hot_bytes = float(topo.image.hot_bytes * topo.image.count)
+    hot_taken: float | None = None
     done: Floats = np.full_like(cls.count, np.nan)
     seed_done = cls.seed.copy()
     done[seed_done] = cls.start[seed_done]
@@ -336,6 +347,12 @@ def predict(topo: Topology, params: ModelParams = ModelParams()) -> Prediction:
             lacks = np.where(cls.nat, reach * (1 - held / max(swarm, 1.0)), swarm - held)
             want = np.where(fetching, np.minimum(room - hub, np.maximum(lacks, 0.0)), 0.0)
             peer = _peer_shares(want, cls, active & (held > 0), dt)
+        taken = float((cls.count * (hub + peer)).sum())
+        if taken > intake * dt:  # the shared cores cannot take in more this step: everyone slows alike
+            scale = intake * dt / taken
+            if arrivals is not None:
+                owed = owed + hub * (1 - scale)  # what left the hub waits at its owner's door
+            hub, peer = hub * scale, peer * scale
         sent_hub = float((cls.count * hub).sum())
         hub_total += sent_hub
         peer_total += float((cls.count * peer).sum())
@@ -346,24 +363,38 @@ def predict(topo: Topology, params: ModelParams = ModelParams()) -> Prediction:
         held[finished] = size
         done[finished] = t
         curve.append((t, int((fetch_count * ~np.isnan(done)).sum()), hub_total, peer_total))
+        if hot_taken is None and bool(np.all(held[~cls.seed & (cls.count > 0)] >= hot_bytes * (1 - 1e-9))):
+            hot_taken = t  # hot pieces go first from peers too: a node's first bytes in are its hot ones
     hot_done = None
     if queued is not None:  # every node holds a chunk spread_s after it left the hub; copies are hub bytes too
         assert params.queue is not None
         chunks, run = queued
         hub_total = run.hub_bytes
         done = np.where(cls.seed, done, done + params.queue.spread_s)
-        hot_done = run.hot_done_at(chunks) + params.queue.spread_s
+        hot_done = max(run.hot_done_at(chunks), hot_taken or 0.0) + params.queue.spread_s
     elif topo.swarm and params.coordination_s:  # nobody asks the hub during discovery: everything starts later
         shift = params.coordination_s
         done = np.where(cls.seed, done, done + shift)
         curve = [(time + shift, count, hub, peer) for time, count, hub, peer in curve]
-    cpu = float(fetch_count.sum()) * size / 2**20 * params.cpu_s_per_mib if params.cpu_s_per_mib else None
-    if cpu is not None and params.cores > 0:  # the agents' CPU work must fit on the cores they share
-        done = np.where(cls.seed, done, np.maximum(done, cpu / params.cores))
     prediction = _prediction(topo, cls, done, hub_total, peer_total, curve, params.curve_points)
+    cpu = None
+    if params.cpu_s_per_mib or params.cpu_s_per_peer_s:
+        nodes = float(cls.count.sum())
+        last = prediction.last_node_done_s if math.isfinite(prediction.last_node_done_s) else 0.0
+        cpu = float(fetch_count.sum()) * size / 2**20 * params.cpu_s_per_mib
+        cpu += nodes * (nodes - 1) * params.cpu_s_per_peer_s * last
     return dataclasses.replace(
         prediction, hot_done_s=hot_done, agent_cpu_s=cpu, queue=None if queued is None else queued[1]
     )
+
+
+def _intake_bps(topo: Topology, params: ModelParams) -> float:
+    """Bytes per second all nodes together can take in on the cores they share (``math.inf``: not CPU-bound)."""
+    if params.cores <= 0 or params.cpu_s_per_mib <= 0:
+        return math.inf
+    nodes = len(topo.nodes)
+    free = max(0.1 * params.cores, params.cores - nodes * (nodes - 1) * params.cpu_s_per_peer_s)
+    return free / params.cpu_s_per_mib * 2**20
 
 
 def _prediction(

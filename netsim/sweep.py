@@ -2,8 +2,9 @@
 
 Owns the sweep's table (one row per N: hub bytes per image, last node over T*, hot set over its own bound, the
 agents' CPU seconds, the longest stall; model beside real) and its plot (hub ratio and bound ratio against N). The
-rows are plain data built from run results and predictions (``rows``), so they are tested without a run; ``sweep``
-runs the scenarios one at a time (never two at once: on a small machine they would measure each other).
+rows are plain data built from run results and predictions (``row``), so they are tested without a run; ``sweep``
+runs the scenarios one at a time (never two at once: on a small machine they would measure each other), and
+``replay`` puts the model of today beside the runs of a saved sweep, without running them again.
 It must not know how a run or a prediction is made.
 """
 
@@ -131,11 +132,39 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
                 ax.plot([n for n, _ in shown], [v for _, v in shown], style, label=label)
         ax.set(xlabel="nodes (N)", title=title, xscale="log")
         ax.set_xticks(nodes, [str(n) for n in nodes])
+        ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
+
+
+def predictions(
+    runs: Sequence[Mapping[str, Any]], knobs: Knobs, params: Callable[[int], ModelParams]
+) -> dict[str, Any]:
+    """The sweep's rows, predictions and parameters for ``runs`` (real results, in size order) and the model now."""
+    predicted: list[dict[str, Any]] = []
+    used: list[dict[str, Any]] = []
+    for result in runs:
+        size = int(result["nodes"])
+        topo = topology("farm-deploy", dataclasses.replace(knobs, nodes=size))
+        model = params(size)
+        used.append(dataclasses.asdict(model))
+        predicted.append(predict(topo, model).as_result(topo, "farm-deploy (model)"))
+    return {
+        "knobs": dataclasses.asdict(knobs),
+        "model_params": used,
+        "rows": [row(r, p) for r, p in zip(runs, predicted, strict=True)],
+        "runs": list(runs),
+        "model": predicted,
+    }
+
+
+def replay(saved: Mapping[str, Any], params: Callable[[int], ModelParams]) -> dict[str, Any]:
+    """A saved sweep (its JSON) with the model's predictions made again: the model checked without running again."""
+    knobs = Knobs(**saved["knobs"])
+    return predictions(saved["runs"], knobs, params)
 
 
 async def sweep(
@@ -144,22 +173,10 @@ async def sweep(
     """farm-deploy at each size in ``sizes`` (one at a time), each with the model's prediction (``params(N)``)
     beside it."""
     runs: list[dict[str, Any]] = []
-    predictions: list[dict[str, Any]] = []
-    used: list[dict[str, Any]] = []
     for size in sizes:
         sized = dataclasses.replace(knobs, nodes=size)
-        topo = topology("farm-deploy", sized)
-        model = params(size)
-        used.append(dataclasses.asdict(model))
-        predictions.append(predict(topo, model).as_result(topo, "farm-deploy (model)"))
         load = [round(x, 2) for x in os.getloadavg()]
         result = await run("farm-deploy", sized, None if workdir is None else workdir / f"n{size}")
         result.setdefault("load_average", load)
         runs.append(result)
-    return {
-        "knobs": dataclasses.asdict(knobs),
-        "model_params": used,
-        "rows": [row(r, p) for r, p in zip(runs, predictions, strict=True)],
-        "runs": runs,
-        "model": predictions,
-    }
+    return predictions(runs, knobs, params)

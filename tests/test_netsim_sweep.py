@@ -76,3 +76,19 @@ def test_the_table_and_the_plot(tmp_path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(BadConfig, match="at least one row"):
         plot_sweep([], tmp_path / "none.png")
+
+
+def test_replay_puts_todays_model_beside_saved_runs() -> None:
+    import dataclasses
+
+    from netsim.sweep import replay
+
+    knobs = knobs_for("farm-deploy", image_mib=16, hub_mbps=25)
+    saved = {"knobs": dataclasses.asdict(knobs), "runs": [real(8), real(64, hub_bytes=20 * MIB)]}
+    params = ModelParams(queue=QueueParams(discovery_s=0.5), cpu_s_per_mib=0.02, cores=2)
+    out = replay(saved, lambda n: params)
+    assert [line["nodes"] for line in out["rows"]] == [8, 64]
+    assert out["rows"][1]["hub_ratio"] == pytest.approx(1.25)
+    assert [m["nodes"] for m in out["model"]] == [8, 64]
+    assert out["model"][1]["last_node_done_s"] > out["model"][0]["last_node_done_s"]  # 64 agents on 2 cores
+    assert out["model_params"][0]["cores"] == 2
