@@ -21,8 +21,9 @@ Theory of operation (time-stepped, a few dozen steps per chunk transfer):
   reaction_s)/t``; the sampling node moves its ``K`` by ``min(1, step · N)`` of the way to ``K*``. Nodes are alike,
   so the model keeps their mean ``K``, moved by ``1/N`` of that per sample. ``K`` stays within [floor, ceiling] and
   under ``N · hub_slots``.
-* **Takeovers.** A node counts a farm-mate idle from the moment it first sees it (``first_seen_s``) until that
-  mate completes a piece, and again after each one: chunks reach every node ``spread_s`` after they leave the hub. A
+* **Takeovers.** A node counts a farm-mate idle from the later of the moment it first sees it (``first_seen_s``)
+  and the end of the grace (nobody completes a piece before it) until that mate completes a piece, and again after
+  each one: chunks reach every node ``spread_s`` after they leave the hub. A
   chunk in the window whose owner has been idle for ``p`` deadlines is asked for by the p-th next node of its
   rendezvous order (one more request per deadline, never N); deadline = ``max(floor, factor × srtt)``, srtt the
   smoothed hub time of a chunk (hot chunks: their own floor and factor). A taker that goes before the owner has
@@ -58,7 +59,7 @@ class QueueParams:
     notice_s: float = 0.05
     """The reaction time they really have: from a place freeing in the queue to the request (half a 0.1 s look)."""
     grace_s: float = 1.0
-    settle_s: float = 0.5
+    settle_s: float = 0.3
     discovery_s: float = 0.5
     """From the deploy's start until every node's candidate set is complete (LSD; grows with N on a busy machine)."""
     first_seen_s: float = 0.2
@@ -198,7 +199,7 @@ def run_queue(
     inflight: list[_Request] = []
     k = min(p.initial, n * p.hub_slots)
     srtt: float | None = None
-    last_received = p.first_seen_s  # when owners last completed a piece (a chunk reached them), as their mates see it
+    last_received = max(p.first_seen_s, p.grace_s)  # when owners last completed a piece (or the grace ended)
     taken_at = [math.inf] * len(chunks)  # when a taker first asked for each chunk
     arrivals: list[float] = []  # when chunks that left the hub reach every node
     sent = 0.0

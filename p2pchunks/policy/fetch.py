@@ -80,7 +80,7 @@ class FetchParams:
     peer_floor_window_s: float = 10.0
     hub_slots: int = 8
     """The most hub requests one job keeps in flight (its hub window may allow fewer)."""
-    settle_s: float = 0.5
+    settle_s: float = 0.3
     """Owned chunks go to the hub only once the candidate set has not changed for this long: nodes that see the
     same peers compute the same owners, so a set still changing would send some chunks to the hub twice."""
 
@@ -218,7 +218,11 @@ def _reason(
         return Reason.ALONE
     if chunk.place == 0:
         return Reason.OWNED if settled else None
-    idle = view.stalled_for.get(chunk.owner, 0.0) if chunk.owner in view.candidates else math.inf
+    if chunk.owner in view.candidates:
+        # nobody completes a piece before the discovery grace is over: an owner is idle from then on, not before
+        idle = min(view.stalled_for.get(chunk.owner, 0.0), view.elapsed_s - params.discovery_grace_s)
+    else:
+        idle = math.inf  # it left
     if idle >= chunk.place * deadline:  # the next in line after one deadline, the one after it after two, ...
         return Reason.HOT_DEADLINE if chunk.hot else Reason.OWNER_STALLED
     return None
