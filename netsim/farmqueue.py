@@ -21,6 +21,7 @@ Theory of operation (time-stepped, a few dozen steps per chunk transfer):
   reaction_s)/t``; the sampling node moves its ``K`` by ``min(1, step · N)`` of the way to ``K*``. Nodes are alike,
   so the model keeps their mean ``K``, moved by ``1/N`` of that per sample. ``K`` stays within [floor, ceiling] and
   under ``N · hub_slots``.
+* **Hot first.** Until every hot chunk is in, only hot chunks enter the window (the agents' rule).
 * **Takeovers.** A node counts a farm-mate idle from the later of the moment it first sees it (``first_seen_s``)
   and the end of the grace (nobody completes a piece before it) until that mate completes a piece, and again after
   each one: chunks reach every node ``spread_s`` after they leave the hub. A
@@ -58,7 +59,7 @@ class QueueParams:
     """``HubWindow.reaction_s``: the reaction time the agents put into K* (a constant of theirs)."""
     notice_s: float = 0.05
     """The reaction time they really have: from a place freeing in the queue to the request (half a 0.1 s look)."""
-    grace_s: float = 1.0
+    grace_s: float = 0.5
     settle_s: float = 0.3
     discovery_s: float = 0.5
     """From the deploy's start until every node's candidate set is complete (LSD; grows with N on a busy machine)."""
@@ -210,11 +211,14 @@ def run_queue(
         # the window: the first K chunks still missing (rounded: K is a mean over nodes)
         limit = max(1, math.floor(k + 0.5))
         missing = 0
+        hot_missing = any(c.hot and done_at[i] == math.inf for i, c in enumerate(chunks[head:], head))
         for index in range(head, len(chunks)):
             if missing >= limit:
                 break
             if done_at[index] < math.inf:
                 continue
+            if hot_missing and not chunks[index].hot:
+                break  # hot chunks have the hub to themselves until each is in
             missing += 1
             if asked_at[index] == math.inf:
                 asked_at[index] = t
