@@ -198,6 +198,7 @@ async def test_a_fresh_node_finds_a_holder_through_the_seed_tracker(tmp_path: Pa
             tracker={"enabled": True, "listen": f"{seed_ip}:0", "interval_s": 1},
         )
         async with agents([seed_cfg]) as (seed,):
+            await seed.manifest(str(image.path))  # a seed tracks the torrents of manifests it holds, no others
             tracker = f"http://{seed_ip}:{seed.tracker_port}/announce"
             node_cfgs = [
                 agent_config(

@@ -36,7 +36,7 @@ from ..policy.eviction import Pin
 from ..policy.fetch import FetchParams
 from ..swarm import alerts
 from ..swarm.session import Swarm, SwarmSettings, open_swarm
-from ..swarm.tracker import Tracker
+from ..swarm.tracker import Tracker, known_among
 from .api import MAX_BODY, Api, ApiServices, check_exposure
 from .arrivals import Arrivals, Source
 from .datapath import ChunkSource, DataPath
@@ -264,7 +264,9 @@ async def _build(
     tracker_port = zdb_port = None
     if config.tracker.enabled:
         committed = jobs.fetching if config.agent.mode == "seed" else None
-        tracker = Tracker(interval=config.tracker.interval_s, committed=committed)
+        # only torrents of manifests this agent holds (the official images' among them, once resolved)
+        known = known_among(lambda: (m.infohash for m in manifests.known.values()))
+        tracker = Tracker(known, interval=config.tracker.interval_s, committed=committed)
         host, port = split_hostport(config.tracker.listen)
         tracker_port = await nursery.start(partial(serve_http, tracker.handle, host, port))
     if config.rfs.zdb_listen:

@@ -1,32 +1,42 @@
 """A BitTorrent HTTP tracker (BEP 3, compact peers BEP 23/7) run by seed-mode agents.
 
-Owns the announce protocol and the peer table: who announced which infohash, expiry, and the order peers are
-handed out in — nearest first (longest common address prefix with the asking peer, so nodes of one farm meet
-each other before anyone across the grid), seeds of other networks after, then the rest. A fresh node finds
-peers in one round trip without a public tracker or the DHT.
+Owns the announce protocol: parsing an announce, deciding whether this tracker serves its infohash, and the
+bencoded answer. Who may hold how many entries lives in :mod:`peertable`, which peers an answer holds in
+:mod:`peermix` (the asker's own address and prefix first, then mixed so no single source dominates).
 
-Agents name their farm in the announce URL (``/announce?farm=<id>``, libtorrent appends its own parameters).
+It tracks only infohashes it has reason to know: ``known`` (a seam given by the agent) says which, typically the
+torrents of the manifests the agent holds, the official images among them. Any other infohash gets a bencoded
+``failure reason`` and costs nothing: no table is created for it. Agents name their farm in the announce URL
+(``/announce?farm=<id>``, libtorrent appends its own parameters); the claim is not checked and only breaks ties.
 ``Tracker.announce`` is pure (clock passed in); ``Tracker.handle`` adapts it to the HTTP server.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import random
 import urllib.parse
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..formats.bencoding import bencode
 from ..http.server import Request, Response
+from .peermix import mix
+from .peertable import PeerTable, packed
 
-MAX_PEERS_PER_TORRENT = 2000
 MAX_TORRENTS = 10_000
+"""Torrents with entries at once; past it the torrent announced least recently is forgotten (``known`` bounds
+them first: only torrents of manifests the agent holds get a table)."""
 DEFAULT_NUMWANT = 50
 
 
 class AnnounceError(ValueError):
-    """A malformed announce; answered with a bencoded ``failure reason``."""
+    """A malformed announce; answered with a bencoded ``failure reason`` and status 400."""
+
+
+class UnknownTorrent(AnnounceError):
+    """A well-formed announce for an infohash this tracker does not serve; answered 200 with ``failure reason``
+    (libtorrent shows a 200's reason to its user, and drops the body of any other status)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,16 +52,9 @@ class Announce:
 
 
 @dataclass
-class _Peer:
-    ip: str
-    port: int
-    left: int
-    seen: float
-    farm: str = ""
-
-
-@dataclass
 class Tracker:
+    known: Callable[[bytes], bool]
+    """Whether an announced (20-byte) infohash is one this tracker serves; see :func:`known_among`."""
     interval: int = 60
     clock: Callable[[], float] | None = None
     rng: random.Random = field(default_factory=random.Random)
@@ -59,58 +62,52 @@ class Tracker:
     """Whether the seed running this tracker is fetching an infohash right now: it then counts as ``complete``
     (a seed fetches every chunk of an image it takes on), so nodes behind NAT routers, which may reach it only
     through a farm-mate, wait for it rather than ask the hub."""
-    _torrents: dict[bytes, dict[bytes, _Peer]] = field(default_factory=dict)
+    _torrents: OrderedDict[bytes, PeerTable] = field(default_factory=OrderedDict)
 
     def announce(self, request: Announce, now: float) -> dict[bytes, object]:
-        """Record ``request`` and return the tracker response dict."""
-        peers = self._torrents.get(request.info_hash)
-        if peers is None:
+        """Record ``request`` and return the tracker response dict; ``UnknownTorrent`` for an infohash not served."""
+        if not self.known(request.info_hash):
+            raise UnknownTorrent("unknown torrent: this tracker serves only the torrents of the grid's images")
+        table = self._torrents.get(request.info_hash)
+        if table is None:
             if len(self._torrents) >= MAX_TORRENTS:
-                self._expire(now)
-                if len(self._torrents) >= MAX_TORRENTS:
-                    raise AnnounceError("tracker full")
-            peers = self._torrents[request.info_hash] = {}
-        self._expire_torrent(peers, now)
-        key = request.peer_id
+                self._torrents.popitem(last=False)
+            table = self._torrents[request.info_hash] = PeerTable()
+        else:
+            self._torrents.move_to_end(request.info_hash)
+        table.expire(now - 2.5 * self.interval)
+        address = packed(request.ip)
         if request.event == "stopped":
-            peers.pop(key, None)
-        elif key in peers or len(peers) < MAX_PEERS_PER_TORRENT:
-            peers[key] = _Peer(request.ip, request.port, request.left, now, request.farm)
+            table.drop(address, request.peer_id)
+        else:
+            table.put(address, request.peer_id, request.port, request.left, request.farm, now)
         # Behind a NAT router every host of a farm announces from the router's address, most with the same port:
-        # one endpoint, listed once (peers are kept by peer id, so hosts sharing an address with distinct ports —
-        # port mappings — are all listed).
-        endpoints = {(p.ip, p.port): p for k, p in peers.items() if k != key}
-        endpoints.pop((request.ip, request.port), None)
-        others = list(endpoints.values())
-        chosen = nearest_first(request.ip, others, self.rng, farm=request.farm)[: request.numwant]
-        v4 = b"".join(ipaddress.ip_address(p.ip).packed + p.port.to_bytes(2, "big") for p in chosen if ":" not in p.ip)
-        v6 = b"".join(ipaddress.ip_address(p.ip).packed + p.port.to_bytes(2, "big") for p in chosen if ":" in p.ip)
-        seeds = sum(1 for p in peers.values() if p.left == 0)
+        # the mix lists one endpoint once (entries are kept by peer id, so hosts sharing an address with distinct
+        # ports, port mappings, are all listed).
+        chosen = mix(table, address, request.peer_id, request.port, request.numwant, self.rng, request.farm)
         committed = bool(self.committed and self.committed(request.info_hash))
         response: dict[bytes, object] = {
             b"interval": self.interval,
             b"min interval": max(1, self.interval // 4),
-            b"complete": seeds + committed,
-            b"incomplete": len(peers) - seeds,
-            b"peers": v4,
+            b"complete": table.seeds + committed,
+            b"incomplete": len(table) - table.seeds,
+            b"peers": b"".join(p.compact for p in chosen if len(p.address) == 4),
         }
+        v6 = b"".join(p.compact for p in chosen if len(p.address) == 16)
         if v6:
             response[b"peers6"] = v6
+        if not table:
+            del self._torrents[request.info_hash]
         return response
 
     def peers_of(self, info_hash: bytes) -> list[tuple[str, int]]:
-        return [(p.ip, p.port) for p in self._torrents.get(info_hash, {}).values()]
+        table = self._torrents.get(info_hash)
+        return [(p.ip, p.port) for p in table.entries()] if table is not None else []
 
-    def _expire(self, now: float) -> None:
-        for info_hash in list(self._torrents):
-            self._expire_torrent(self._torrents[info_hash], now)
-            if not self._torrents[info_hash]:
-                del self._torrents[info_hash]
-
-    def _expire_torrent(self, peers: dict[bytes, _Peer], now: float) -> None:
-        limit = 2.5 * self.interval
-        for key in [k for k, p in peers.items() if now - p.seen > limit]:
-            del peers[key]
+    @property
+    def torrents(self) -> int:
+        """Torrents with a table (what an unknown infohash must never add to)."""
+        return len(self._torrents)
 
     async def handle(self, request: Request) -> Response:
         import trio
@@ -120,37 +117,29 @@ class Tracker:
         try:
             announce = parse_announce(request.raw_query, request.client[0])
             body = bencode(self.announce(announce, (self.clock or trio.current_time)()))
+        except UnknownTorrent as error:
+            return _failure(str(error), 200)
         except AnnounceError as error:
             return _failure(str(error), 400)
         return Response(200, [("content-type", "text/plain")], body)
 
 
+def known_among(infohashes: Callable[[], Iterable[str | None]]) -> Callable[[bytes], bool]:
+    """A ``known`` seam over the hex infohashes ``infohashes()`` yields (``None`` items are skipped).
+
+    A v2 infohash is announced truncated to 20 bytes, so an announced hash is known when one of them starts with
+    it. The iterable is read at each announce (the agent's manifests change while it runs).
+    """
+
+    def known(info_hash: bytes) -> bool:
+        wanted = info_hash.hex()
+        return any(h is not None and h.startswith(wanted) for h in infohashes())
+
+    return known
+
+
 def _failure(reason: str, status: int) -> Response:
     return Response(status, [("content-type", "text/plain")], bencode({b"failure reason": reason.encode()}))
-
-
-def nearest_first(ip: str, peers: list[_Peer], rng: random.Random, farm: str = "") -> list[_Peer]:
-    """Peers of the same farm first, then by the length of the address prefix shared with ``ip`` (ties shuffled)."""
-    mine = _bits(ip)
-    shuffled = list(peers)
-    rng.shuffle(shuffled)
-    return sorted(shuffled, key=lambda p: (not (farm and p.farm == farm), -_common_prefix(mine, _bits(p.ip))))
-
-
-def _bits(ip: str) -> str:
-    address = ipaddress.ip_address(ip)
-    return format(int(address), f"0{address.max_prefixlen}b")
-
-
-def _common_prefix(a: str, b: str) -> int:
-    if len(a) != len(b):
-        return -1
-    n = 0
-    for x, y in zip(a, b, strict=True):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def parse_announce(raw_query: str, client_ip: str) -> Announce:
