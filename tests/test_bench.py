@@ -1,4 +1,5 @@
-"""``p2pchunks bench cache`` end to end at toy size: a real agent process serving a warm cache, next to ``cat``."""
+"""``p2pchunks bench`` end to end at toy size: a real agent process serving a warm cache, next to ``cat``; the proxy and
+fill benches; a real tracker over HTTP announced at from distinct 127.x addresses."""
 
 from __future__ import annotations
 
@@ -36,3 +37,17 @@ async def test_bench_fill_at_toy_size_against_a_hub_child_on_port_zero(capsys: p
     assert figures["blocks"] == 4
     assert figures["failed_blocks"] == 0
     assert figures["warm_peer_bytes_from_hub"] == 0
+
+
+async def test_bench_tracker_reports_every_figure() -> None:
+    from p2pchunks.bench.tracker import bench_tracker
+
+    figures = await bench_tracker(flood=600, seconds=0.5, clients=2)
+    assert figures["throughput"]["announces_per_s"] > 0
+    unknown = figures["unknown_infohashes_one_address"]
+    assert (unknown["answered_with_peers"], unknown["torrents"]) == (0, 1)  # only the honest torrent has a table
+    for case in ("one_address", "one_slash24"):
+        assert figures[case]["answered_with_peers"] == 600
+        assert figures[case]["handed_to_honest"] > 0
+        assert 0 < figures[case]["stranger_share"] <= 0.10, (case, figures[case])
+        assert figures[case]["memory_growth_KiB"] > 0

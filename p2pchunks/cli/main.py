@@ -120,17 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quota", help="e.g. 20GiB: most bytes the rfs cache may hold (lowers rfs.quota_bytes)")
 
     p = sub.add_parser("bench", help="benchmarks")
-    p.add_argument("what", choices=["cache", "fill", "load", "memory", "ingest", "proxy"])
+    p.add_argument("what", choices=["cache", "fill", "load", "memory", "ingest", "proxy", "tracker"])
     p.add_argument("--chunks", type=int, default=256, help="cache: chunks of 1 MiB; proxy: blocks of 512 KiB")
     p.add_argument(
-        "--clients", type=int, help="cache, proxy: readers (default 4); load: concurrent API clients (200)"
+        "--clients",
+        type=int,
+        help="cache, proxy: readers (default 4); load: concurrent API clients (200); tracker: announcers (8)",
     )
     p.add_argument("--image-mib", type=int, default=None, help="fill: image size (1024); ingest: (512)")
     p.add_argument("--cache-mib", type=int, nargs="+", default=[256, 2048], help="memory: cache sizes to compare")
     p.add_argument("--manifests", type=int, default=8, help="memory: images the cache holds")
     p.add_argument("--workdir", type=Path, default=None, help="memory, ingest: where the caches go (temp dir)")
     p.add_argument("--latency-ms", type=float, default=50.0, help="fill: hub latency")
-    p.add_argument("--seconds", type=float, default=10.0, help="load: duration")
+    p.add_argument("--seconds", type=float, default=10.0, help="load: duration; tracker: throughput duration")
+    p.add_argument("--flood", type=int, default=100_000, help="tracker: announces per flood")
     return parser
 
 
@@ -283,6 +286,12 @@ def _dispatch(args: argparse.Namespace) -> int | None:
 
             figures = trio.run(partial(bench_load, clients=args.clients or 200, seconds=args.seconds))
             print(json.dumps(figures, indent=2))
+            return 0
+        if args.what == "tracker":
+            from ..bench.tracker import bench_tracker
+
+            run = partial(bench_tracker, flood=args.flood, seconds=args.seconds, clients=args.clients or 8)
+            print(json.dumps(trio.run(run), indent=2))
             return 0
         from ..bench.cache import bench_cache
 

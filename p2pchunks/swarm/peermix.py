@@ -63,9 +63,7 @@ def mix(
     held_by = {address: len(held) for g in table.prefixes.values() for address, held in g.addresses.items()}
     held_by.pop(asker, None)
     address_caps = _runner_up_caps(held_by)
-    demand = {
-        key: sum(address_caps.get(address, 0) for address in g.addresses) for key, g in table.prefixes.items()
-    }
+    demand = {key: sum(address_caps.get(address, 0) for address in g.addresses) for key, g in table.prefixes.items()}
     prefix_caps = _runner_up_caps(demand, exempt=own_prefix)
     neighbours = table.prefixes.get(own_prefix)
     if neighbours is not None:

@@ -176,4 +176,3 @@ class PeerTable:
         group.farms[farm] += delta
         if group.farms[farm] <= 0:
             del group.farms[farm]
-
