@@ -73,6 +73,9 @@ def node_config(
             "utp": False,
             "lsd": True,
             "dht": True,
+            # a lab packs its nodes into few /24s (127.0.0.x; the netns lab's public half): libtorrent's DHT guards
+            # (one node per /24) would hide them from each other
+            "relaxed_dht": True,
             "upload_rate_bps": mbps(node.up_mbps),
             "download_rate_bps": mbps(node.down_mbps),
             "limit_local_peers": True,

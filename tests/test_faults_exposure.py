@@ -2,7 +2,8 @@
 
 The API refuses to listen beyond loopback without a token, and with a token refuses every request that lacks it;
 a seed serves over the swarm only the torrents of manifests it holds (no listing, nothing by chunk id alone); the
-swarm never reaches for a public DHT bootstrap, STUN server, tracker or port mapping unless configured to.
+swarm never reaches for a public DHT bootstrap, STUN server, tracker or port mapping unless configured to, and keeps
+libtorrent's DHT sybil guards unless a lab relaxes them.
 """
 
 from __future__ import annotations
@@ -203,6 +204,40 @@ def test_session_settings_reach_nothing_public_by_default(profile: str) -> None:
     )
 
 
+GUARDS = (
+    "dht_restrict_routing_ips",
+    "dht_restrict_search_ips",
+    "dht_ignore_dark_internet",
+    "dht_prefer_verified_node_ids",
+)
+
+
+@pytest.mark.parametrize("profile", ["node", "seed"])
+def test_the_dht_keeps_libtorrent_s_sybil_guards_unless_a_lab_relaxes_them(profile: str) -> None:
+    defaults = lt.default_settings()
+    assert all(defaults[name] is True for name in GUARDS)  # libtorrent's own choice
+    production = swarm_settings(Config().replace(agent={"mode": profile}))
+    assert production.relaxed_dht is False
+    pack = session_settings(production)
+    assert {name: pack[name] for name in GUARDS} == {name: defaults[name] for name in GUARDS}
+    lab = swarm_settings(Config().replace(agent={"mode": profile}, swarm={"relaxed_dht": True}))
+    assert {name: session_settings(lab)[name] for name in GUARDS} == dict.fromkeys(GUARDS, False)
+
+
+def test_netsim_relaxes_the_dht_guards_explicitly() -> None:
+    """Its nodes share 127.0.0.x (or the netns lab's few /24s): one DHT node per /24 would hide them."""
+    import tomllib
+
+    from netsim.nodeconfig import node_config
+    from netsim.scenarios import Knobs, topology
+
+    topo = topology("nat-behind-seed", Knobs())
+    for node in topo.nodes:
+        config = tomllib.loads(node_config(topo, node, node.address, "http://127.0.0.1:1/", Path("w"), []))
+        assert config["swarm"]["dht"] is True
+        assert config["swarm"]["relaxed_dht"] is True
+
+
 def test_a_live_session_keeps_our_overrides() -> None:
     """libtorrent's own defaults reach out (dht.libtorrent.org, a STUN server): ours replace them."""
     assert lt.default_settings()["dht_bootstrap_nodes"] != ""  # what we override
@@ -216,6 +251,7 @@ def test_a_live_session_keeps_our_overrides() -> None:
         assert live["webtorrent_stun_server"] == ""
         assert live["enable_upnp"] is False
         assert live["enable_natpmp"] is False
+        assert all(live[name] is True for name in GUARDS)
     finally:
         session.pause()
         del session

@@ -50,6 +50,7 @@ def swarm_settings(config: Config) -> SwarmSettings:
         utp=section.utp,
         dht=section.dht,
         dht_bootstrap=bootstrap,
+        relaxed_dht=section.relaxed_dht,
         lsd=section.lsd,
         port_mapping=section.port_mapping,
         upload_rate_bps=section.upload_rate_bps,

@@ -86,6 +86,9 @@ class SwarmSection:
     """uTP besides TCP (slow on loopback: off in tests and the netsim)."""
     dht: bool = True
     """The private grid DHT, bootstrapped from the seeds (never the public DHT bootstrap)."""
+    relaxed_dht: bool = False
+    """Lab only (tests, netsim): lift libtorrent's DHT sybil guards, which allow one node per /24 in routing tables
+    and search results and drop reserved networks; many nodes on 127.0.0.x need that. Never on the internet."""
     lsd: bool = True
     """Local service discovery: finds nodes of the same LAN/farm by multicast."""
     port_mapping: bool = False

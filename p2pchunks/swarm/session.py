@@ -1,9 +1,9 @@
 """The swarm engine: one libtorrent session per agent, one torrent per manifest, stored on the chunk cache.
 
-Owns: the session's settings (profiles ``node`` and ``seed``, strict NAT, private DHT, LSD, rate caps), adding,
-re-adding and removing torrents (each a :class:`p2pchunks.swarm.torrent.Torrent`), and the addresses it refuses.
-Alerts come in through ``alerts.pump_alerts`` and are handed, as our own events, to the ``on_event`` callback the
-agent gives us.
+Owns: the session's settings (profiles ``node`` and ``seed``, strict NAT, private DHT and its guards, LSD, rate
+caps), adding, re-adding and removing torrents (each a :class:`p2pchunks.swarm.torrent.Torrent`), and the
+addresses it refuses. Alerts come in through ``alerts.pump_alerts`` and are handed, as our own events, to the
+``on_event`` callback the agent gives us.
 
 Storage: a torrent is named ``chunks`` and its files are ``chunks/ab/cd/<id>``; with ``save_path`` = the cache
 directory libtorrent reads and writes the cache's own files, so there is no second copy that could drift. What
@@ -49,6 +49,10 @@ class SwarmSettings:
     utp: bool = SwarmSection.utp
     dht: bool = SwarmSection.dht
     dht_bootstrap: tuple[tuple[str, int], ...] = ()
+    relaxed_dht: bool = SwarmSection.relaxed_dht
+    """Lab only: lift libtorrent's DHT sybil guards (one routing-table entry and one search result per /24, no
+    reserved networks, verified node ids), which would otherwise keep a DHT of many nodes on 127.0.0.x (or a lab's
+    few /24s) from finding one another. Never on the internet."""
     lsd: bool = SwarmSection.lsd
     port_mapping: bool = SwarmSection.port_mapping
     """Ask the router for a port mapping (UPnP / NAT-PMP); seeds that cannot port-forward by hand."""
@@ -80,10 +84,11 @@ def session_settings(settings: SwarmSettings) -> dict[str, Any]:
         "alert_queue_size": 100_000,
         "enable_dht": settings.dht,
         "dht_bootstrap_nodes": "",
-        "dht_restrict_routing_ips": False,
-        "dht_restrict_search_ips": False,
-        "dht_ignore_dark_internet": False,
-        "dht_prefer_verified_node_ids": False,
+        # libtorrent's defaults (all True) unless a lab relaxes them: see SwarmSettings.relaxed_dht
+        "dht_restrict_routing_ips": not settings.relaxed_dht,
+        "dht_restrict_search_ips": not settings.relaxed_dht,
+        "dht_ignore_dark_internet": not settings.relaxed_dht,
+        "dht_prefer_verified_node_ids": not settings.relaxed_dht,
         "enable_lsd": settings.lsd,
         "enable_upnp": settings.port_mapping,
         "enable_natpmp": settings.port_mapping,
