@@ -89,7 +89,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                 tmp, url, name="agent", ip=ip, tracker={"enabled": True, "listen": f"{ip}:0"}, fetch={"hub_retries": 0}
             )
             async with open_agent(config, swarm=False) as agent:
-                await agent.remember(image.manifest)  # its tracker serves the torrents of manifests it holds
+                await agent.manifests.remember(image.manifest)  # its tracker serves torrents of manifests it holds
                 with trio.CancelScope() as scope:
                     box["served"] = Served(
                         agent, ip, agent.tracker_port, url, image.manifest, trio.lowlevel.current_trio_token(), scope

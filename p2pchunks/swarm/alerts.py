@@ -57,6 +57,22 @@ class PeerBanned:
 
 
 @dataclass(frozen=True, slots=True)
+class InboundConnection:
+    """A peer connected to our swarm port (before any handshake)."""
+
+    ip: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDisconnected:
+    """A connection to or from ``ip:port`` ended (also one refused at accept)."""
+
+    ip: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
 class ListenSucceeded:
     address: str
     port: int
@@ -81,6 +97,8 @@ SwarmEvent = (
     | HashFailed
     | TorrentFailed
     | PeerBanned
+    | InboundConnection
+    | PeerDisconnected
     | ListenSucceeded
     | ListenFailed
     | AlertsDropped
@@ -93,9 +111,10 @@ ALERT_MASK = (
     | lt.alert_category.piece_progress
     | lt.alert_category.ip_block
     | lt.alert_category.peer
+    | lt.alert_category.connect
 )
-"""``peer`` carries bans (a few alerts per connection); never the peer/torrent/picker *log* categories: they
-overflow the queue within a second."""
+"""``peer`` carries bans and accepted connections, ``connect`` their ends (a few alerts per connection: the flood
+guard counts them); never the peer/torrent/picker *log* categories: they overflow the queue within a second."""
 
 
 def _infohash(alert: Any) -> str:
@@ -118,7 +137,13 @@ def translate(alert: Any) -> SwarmEvent | None:
         return ListenSucceeded(str(alert.address), int(alert.port), alert.socket_type == lt.socket_type_t.tcp)
     if isinstance(alert, lt.listen_failed_alert):
         return ListenFailed(str(alert.address), int(alert.port), alert.message())
-    if isinstance(alert, lt.peer_error_alert | lt.peer_disconnected_alert):
+    if isinstance(alert, lt.incoming_connection_alert):
+        ip, port = alert.endpoint
+        return InboundConnection(str(ip), int(port))
+    if isinstance(alert, lt.peer_disconnected_alert):
+        ip, port = alert.endpoint
+        return PeerDisconnected(str(ip), int(port))
+    if isinstance(alert, lt.peer_error_alert):
         log.debug("%s", alert.message())
         return None
     if isinstance(alert, lt.alerts_dropped_alert):

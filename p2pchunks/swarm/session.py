@@ -2,8 +2,9 @@
 
 Owns: the session's settings (profiles ``node`` and ``seed``, strict NAT, private DHT and its guards, LSD, rate
 caps), adding, re-adding and removing torrents (each a :class:`p2pchunks.swarm.torrent.Torrent`), and the
-addresses it refuses. Alerts come in through ``alerts.pump_alerts`` and are handed, as our own events, to the
-``on_event`` callback the agent gives us.
+addresses it refuses: those the agent names (``block``) and those the flood guard (``floodguard``) blocks, in one
+ip_filter. Alerts come in through ``alerts.pump_alerts`` and are handed, as our own events, to the ``on_event``
+callback the agent gives us, except the connection news only the flood guard needs.
 
 Storage: a torrent is named ``chunks`` and its files are ``chunks/ab/cd/<id>``; with ``save_path`` = the cache
 directory libtorrent reads and writes the cache's own files, so there is no second copy that could drift. What
@@ -15,6 +16,7 @@ It must not know policy (which chunk from where) nor HTTP.
 from __future__ import annotations
 
 import ipaddress
+import math
 import secrets
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
@@ -27,7 +29,8 @@ import trio
 
 from ..config.schema import SwarmSection
 from ..formats.manifest import Manifest
-from .alerts import ALERT_MASK, SwarmEvent, pump_alerts
+from .alerts import ALERT_MASK, AlertsDropped, InboundConnection, PeerDisconnected, SwarmEvent, pump_alerts
+from .floodguard import FloodGuard, share_of
 from .peerbytes import PeerLedger
 from .torrent import NORMAL, Torrent, add_params
 
@@ -150,6 +153,11 @@ class Swarm:
         self.torrents: dict[str, Torrent] = {}
         self._blocked: frozenset[str] = frozenset()
         self.peer_ledger = PeerLedger()
+        per_address, per_prefix = share_of(settings.connections_limit)
+        self.guard = FloodGuard(per_address, per_prefix, max_tracked=8 * (settings.connections_limit + 64))
+        self.guard_blocks = 0
+        """Sources the flood guard blocked so far."""
+        self._guard_changed = trio.Event()
 
     @property
     def listen_port(self) -> int:
@@ -211,15 +219,47 @@ class Swarm:
         blocked = frozenset(ips)
         if blocked == self._blocked:
             return
-        rules = lt.ip_filter()
-        for ip in blocked:
-            rules.add_rule(ip, ip, BLOCKED)
-        self._session.set_ip_filter(rules)
         self._blocked = blocked
+        self._filter()
 
     @property
     def blocked(self) -> frozenset[str]:
+        """The addresses the agent refuses (``block``); the flood guard's are in ``guard.blocked``."""
         return self._blocked
+
+    def note(self, event: SwarmEvent) -> bool:
+        """Feed the flood guard; True when the event concerns nobody else (connection news)."""
+        if isinstance(event, InboundConnection):
+            if self.guard.opened(event.ip, event.port, trio.current_time()):
+                self.guard_blocks += 1
+                self._filter()
+                self._guard_changed.set()
+            return True
+        if isinstance(event, PeerDisconnected):
+            self.guard.closed(event.ip, event.port)
+            return True
+        if isinstance(event, AlertsDropped):
+            self.guard.forget_connections()
+        return False
+
+    def _filter(self) -> None:
+        """One ip_filter for libtorrent: the agent's refused addresses and the guard's blocked ranges (refused at
+        accept, their peers dropped, no outgoing connection to them either)."""
+        rules = lt.ip_filter()
+        for ip in self._blocked:
+            rules.add_rule(ip, ip, BLOCKED)
+        for first, last in self.guard.blocked:
+            rules.add_rule(first, last, BLOCKED)
+        self._session.set_ip_filter(rules)
+
+    async def lift_guard_blocks(self) -> None:
+        """Forever: unblock each source of the flood guard when its time is up."""
+        while True:
+            with trio.move_on_at(self.guard.next_lift() or math.inf):
+                await self._guard_changed.wait()
+            self._guard_changed = trio.Event()
+            if self.guard.lift(trio.current_time()):
+                self._filter()
 
     def add_dht_node(self, host: str, port: int) -> None:
         self._session.add_dht_node((host, port))
@@ -245,9 +285,14 @@ async def open_swarm(
     for host, port in settings.dht_bootstrap:
         session.add_dht_node((host, port))
 
+    def dispatch(event: SwarmEvent) -> None:
+        if not swarm.note(event):
+            on_event(event)
+
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump_alerts, session, on_event)
+            nursery.start_soon(pump_alerts, session, dispatch)
+            nursery.start_soon(swarm.lift_guard_blocks)
             try:
                 yield swarm
             finally:
