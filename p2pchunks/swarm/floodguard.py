@@ -13,7 +13,7 @@ would also cut a farm behind one NAT to one connection per torrent. The guard co
 handshaken or not, and stops an address (a prefix) at a quarter (a half) of the limit: room for a farm behind one
 NAT, and always room left for everyone else.
 
-Pure: time comes in as ``now``; no libtorrent, no sockets.
+It must not know libtorrent, trio, sockets or the clock: times come in as ``now``.
 """
 
 from __future__ import annotations

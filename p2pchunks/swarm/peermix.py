@@ -16,7 +16,7 @@ A stranger flooding from one address therefore gets at most as many peers into a
 address, and one flooding from a /24 as many as the biggest honest /24; every honest prefix gets a peer into every
 answer that has room for one per prefix. The farm claim only breaks ties in the order; it never raises a share.
 
-Pure: the randomness comes in as ``rng``; no sockets, clocks or HTTP.
+It must not know sockets, HTTP, trio or the clock; the randomness comes in as ``rng``.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ its own stalest entry; a newcomer to a full table takes the stalest entry of the
 One address, or one /24, flooding announces therefore churns through its own entries and nobody else's, and the
 table never refuses an honest peer. Entries live ``2.5 x interval`` past their last announce (``expire``).
 
-Pure: the clock comes in as ``now``; no sockets, no HTTP, no bencoding; the order in which peers are handed out
-is :mod:`peermix`'s business.
+It must not know sockets, HTTP, trio or the clock (times come in as ``now``); the order in which peers are
+handed out is :mod:`peermix`'s business.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ It tracks only infohashes it has reason to know: ``known`` (a seam given by the 
 torrents of the manifests the agent holds, the official images among them. Any other infohash gets a bencoded
 ``failure reason`` and costs nothing: no table is created for it. Agents name their farm in the announce URL
 (``/announce?farm=<id>``, libtorrent appends its own parameters); the claim is not checked and only breaks ties.
-``Tracker.announce`` is pure (clock passed in); ``Tracker.handle`` adapts it to the HTTP server.
+``Tracker.announce`` is pure (clock passed in); ``Tracker.handle`` adapts it to the HTTP server. It must not
+know libtorrent.
 """
 
 from __future__ import annotations
