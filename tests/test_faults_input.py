@@ -325,7 +325,7 @@ async def test_fifty_slow_and_flooding_clients_get_408_and_431_in_bounded_memory
     limits = ServerLimits(max_header_bytes=4096, header_timeout=0.5, body_timeout=0.5, idle_timeout=1.0)
     host = address()
     port = await nursery.start(
-        lambda task_status: serve_http(Tracker().handle, host, 0, limits=limits, task_status=task_status)
+        lambda task_status: serve_http(Tracker(lambda _: False).handle, host, 0, limits=limits, task_status=task_status)
     )
     flood = b"X-Flood: " + b"a" * 65536
     statuses: list[int | None] = []
