@@ -19,6 +19,7 @@ import pytest
 import trio
 
 from p2pchunks.agent import Agent
+from p2pchunks.agent.status import swarm_gauges
 from p2pchunks.bench.tracker import Announcer, announce_query, honest_addresses, stranger_share
 from p2pchunks.formats.manifest import Manifest
 from p2pchunks.http.server import serve_http
@@ -209,3 +210,5 @@ async def test_one_address_flooding_the_swarm_port_leaves_room_for_honest_peers(
         assert got == [len(manifest.piece_ids)] * 2
         assert list(swarm.guard.blocked) == [("127.66.0.1", "127.66.0.1")]  # the attacker, nobody else
         assert swarm.guard_blocks == 1
+        shown = swarm_gauges(swarm)  # what /status and /metrics show of it
+        assert (shown["flood_blocked_now"], shown["flood_blocks"]) == (1, 1)

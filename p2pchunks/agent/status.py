@@ -11,23 +11,34 @@ from typing import TYPE_CHECKING, Any
 from .jobs import job_json
 
 if TYPE_CHECKING:
+    from ..swarm.session import Swarm
     from .root import Agent
 
 
 def gauges(agent: Agent) -> dict[str, float]:
     usage = agent.cache.usage()
-    swarm = agent.swarm
     return {
         "cache_bytes": usage.bytes,
         "cache_chunks": usage.chunks,
         "cache_budget_bytes": usage.budget_bytes,
         "cache_damaged_found": agent.cache.damaged_found,
-        "torrents": len(swarm.torrents) if swarm else 0,
-        "peers_connected": sum(t.status().num_peers for t in swarm.torrents.values()) if swarm else 0,
-        "peers_refused": len(swarm.blocked) if swarm else 0,
+        **swarm_gauges(agent.swarm),
         "jobs_running": agent.jobs.running(),
         "scrub_passes": agent.scrubber.progress.passes,
         "scrub_checked_bytes": agent.scrubber.progress.checked_bytes,
+    }
+
+
+def swarm_gauges(swarm: Swarm | None) -> dict[str, float]:
+    """The swarm's part: torrents, peers, refused addresses, and what the flood guard blocks now and ever."""
+    if swarm is None:
+        return dict.fromkeys(("torrents", "peers_connected", "peers_refused", "flood_blocked_now", "flood_blocks"), 0)
+    return {
+        "torrents": len(swarm.torrents),
+        "peers_connected": sum(t.status().num_peers for t in swarm.torrents.values()),
+        "peers_refused": len(swarm.blocked),
+        "flood_blocked_now": len(swarm.guard.blocked),
+        "flood_blocks": swarm.guard_blocks,
     }
 
 
