@@ -152,8 +152,25 @@ def loads(module: str) -> frozenset[str]:
 # --- (a) the policy is pure --------------------------------------------------------------------------------------
 
 PURE_STDLIB = frozenset(
-    {"abc", "bisect", "collections", "dataclasses", "enum", "fractions", "functools", "hashlib", "heapq",
-     "itertools", "math", "numbers", "operator", "re", "statistics", "string", "typing"}
+    {
+        "abc",
+        "bisect",
+        "collections",
+        "dataclasses",
+        "enum",
+        "fractions",
+        "functools",
+        "hashlib",
+        "heapq",
+        "itertools",
+        "math",
+        "numbers",
+        "operator",
+        "re",
+        "statistics",
+        "string",
+        "typing",
+    }
 )
 """Stdlib modules that compute and touch nothing. ``datetime`` too, as a type: the policy turns timestamps it is
 given into text; reading the clock (``now()``, ``today()``) is refused below."""
@@ -169,8 +186,11 @@ def test_the_policy_imports_only_pure_modules() -> None:
     ]
     assert bad == []
     for module in POLICY_MAY_IMPORT[:2]:  # what the policy imports is pure too
-        assert [str(i) for i in imports_of(module) if not (i.top in PURE_STDLIB or within(i.target, POLICY_MAY_IMPORT))
-                and i.target != "pathlib"] == []
+        assert [
+            str(i)
+            for i in imports_of(module)
+            if not (i.top in PURE_STDLIB or within(i.target, POLICY_MAY_IMPORT)) and i.target != "pathlib"
+        ] == []
 
 
 def test_the_policy_reads_no_clock() -> None:
@@ -384,9 +404,7 @@ def test_the_claims_checked_cover_the_modules_that_make_them() -> None:
 
 
 def test_no_module_is_over_450_lines() -> None:
-    long = {
-        name: n for name, path in sources().items() if (n := len(path.read_text().splitlines())) > MAX_LINES
-    }
+    long = {name: n for name, path in sources().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert {name: n for name, n in long.items() if name not in LONG_MODULES} == {}
     assert set(LONG_MODULES) <= set(long), "an exception no longer needed"
 

@@ -412,9 +412,7 @@ def test_reconcile(make: Callable[..., ChunkCache], clock: Clock) -> None:
     misplaced.write_bytes(stray)
 
     report = cache.reconcile()
-    assert report == ReconcileReport(
-        adopted=1, removed_files=2, dropped_rows=2, corrupt=2, temp_removed=1, rehashed=1
-    )
+    assert report == ReconcileReport(adopted=1, removed_files=2, dropped_rows=2, corrupt=2, temp_removed=1, rehashed=1)
     assert sorted(heard) == sorted(ids[:2])
     assert [cache.has(i) for i in [*ids, stray_id, junk_id]] == [False, False, True, True, True, False]
     assert not temp.exists()
@@ -459,9 +457,7 @@ def flip_silently(cache: ChunkCache, chunk_id: str) -> None:
         )
 
 
-def test_a_verified_read_drops_rot_and_never_returns_wrong_bytes(
-    make: Callable[..., ChunkCache], clock: Clock
-) -> None:
+def test_a_verified_read_drops_rot_and_never_returns_wrong_bytes(make: Callable[..., ChunkCache], clock: Clock) -> None:
     cache = make()
     heard: list[str] = []
     cache.add_evict_listener(heard.extend)

@@ -170,7 +170,9 @@ async def test_a_liar_is_refused_for_a_while_not_banned_again_every_second_and_l
     manifest = image.manifest
     good = hub_bytes(tmp_path / "hub", manifest)
     config = agent_config(
-        tmp_path, "http://127.0.0.1:1/", name="victim",
+        tmp_path,
+        "http://127.0.0.1:1/",
+        name="victim",
         fetch={"discovery_grace_s": 0.5, "give_up_s": 6.0, "hot_deadline_s": 0.5, "owner_stall_s": 1.0},
     )
     async with (

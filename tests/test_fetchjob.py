@@ -128,8 +128,9 @@ def job_for(m: Manifest, hub: ScriptedHub, torrent: FakeTorrent | None, arrivals
         arrivals.arrived(Arrival(chunk_id, source, len(data)))
 
     params = kw.pop("params", FetchParams(discovery_grace_s=0.0, hub_slots=4))
-    return FetchJob(m, hub=hub, torrent=torrent, arrivals=arrivals, missing=missing, deliver=deliver, me=ME,
-                    params=params, **kw)  # type: ignore[arg-type]
+    return FetchJob(
+        m, hub=hub, torrent=torrent, arrivals=arrivals, missing=missing, deliver=deliver, me=ME, params=params, **kw
+    )  # type: ignore[arg-type]
 
 
 async def test_alone_every_chunk_comes_from_the_hub_hot_first_within_the_slots(

@@ -151,15 +151,21 @@ async def test_pieces_completed_while_alerts_were_dropped_are_adopted(tmp_path: 
     with ChunkCache(tmp_path / "cache", budget_bytes=2**30) as cache:
         async with open_swarm(settings, tmp_path / "cache", drop_piece_news) as swarm, trio.open_nursery() as nursery:
             keeper = PieceKeeper(
-                swarm, cache, receive, arrived=lambda chunk_id, *_, **__: arrived.append(chunk_id),
-                refetch=refetch, stats=AgentStats(), disk=trio.CapacityLimiter(2),
+                swarm,
+                cache,
+                receive,
+                arrived=lambda chunk_id, *_, **__: arrived.append(chunk_id),
+                refetch=refetch,
+                stats=AgentStats(),
+                disk=trio.CapacityLimiter(2),
             )
             await nursery.start(keeper.run)
             torrent = await keeper.join(manifest)
             assert torrent is not None
             for chunk_id in manifest.piece_ids:
-                torrent.inject(chunk_id, (tmp_path / "hub" / "chunks" / chunk_id[:2] / chunk_id[2:4] / chunk_id)
-                               .read_bytes())
+                torrent.inject(
+                    chunk_id, (tmp_path / "hub" / "chunks" / chunk_id[:2] / chunk_id[2:4] / chunk_id).read_bytes()
+                )
             with trio.fail_after(DEADLINE):
                 while not all(torrent.has(c) for c in manifest.piece_ids):  # noqa: ASYNC110 - libtorrent's view
                     await trio.sleep(0.02)

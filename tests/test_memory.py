@@ -24,9 +24,7 @@ SETTLE_S = 3.0
 async def anon_after_start(work: Path, cache_mib: int) -> tuple[int, int]:
     """(RssAnon of an agent started on a warm cache of ``cache_mib``, the chunks it holds) once it has settled."""
     directory = work / f"cache-{cache_mib}"
-    warm = await trio.to_thread.run_sync(
-        lambda: build_warm_cache(directory, cache_mib * 2**20, 2, budget_bytes=2**31)
-    )
+    warm = await trio.to_thread.run_sync(lambda: build_warm_cache(directory, cache_mib * 2**20, 2, budget_bytes=2**31))
     ip = address()
     config = write_config(
         work / f"agent-{cache_mib}.toml",

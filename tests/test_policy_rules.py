@@ -12,8 +12,15 @@ from p2pchunks.policy.swarmview import PeerReading, SwarmReading, ViewKeeper
 # ---- retries ----------------------------------------------------------------------------------------------------
 
 # (failures so far, seconds since the last, ready?)
-BACKOFF = [(1, 0.2, False), (1, 0.25, True), (2, 0.45, False), (2, 0.5, True), (3, 0.99, False), (3, 1.0, True),
-           (8, 1.0, True)]
+BACKOFF = [
+    (1, 0.2, False),
+    (1, 0.25, True),
+    (2, 0.45, False),
+    (2, 0.5, True),
+    (3, 0.99, False),
+    (3, 1.0, True),
+    (8, 1.0, True),
+]
 
 
 @pytest.mark.parametrize(("failures", "since", "ready"), BACKOFF)
@@ -80,18 +87,25 @@ IDS = [f"chunk{n}" for n in range(6)]
 RANK = {chunk: n for n, chunk in enumerate(IDS)}
 
 
-def look(keeper: ViewKeeper, reading: SwarmReading | None, now: float, pending: list[str] = IDS) -> tuple[
-    View, list[Wanted]
-]:
+def look(
+    keeper: ViewKeeper, reading: SwarmReading | None, now: float, pending: list[str] = IDS
+) -> tuple[View, list[Wanted]]:
     view, wanted = keeper.look(
-        reading, pending, piece_of=IDS.index, rank=RANK, hot={"chunk0"}, now=now, elapsed_s=now,
-        hub_inflight=frozenset()
+        reading,
+        pending,
+        piece_of=IDS.index,
+        rank=RANK,
+        hot={"chunk0"},
+        now=now,
+        elapsed_s=now,
+        hub_inflight=frozenset(),
     )
     return view, list(wanted)
 
 
-def reading(*peers: PeerReading, held: tuple[int, ...] = (0,) * 6, have: tuple[bool, ...] = (False,) * 6,
-            rate: int = 10**6) -> SwarmReading:
+def reading(
+    *peers: PeerReading, held: tuple[int, ...] = (0,) * 6, have: tuple[bool, ...] = (False,) * 6, rate: int = 10**6
+) -> SwarmReading:
     return SwarmReading(peers, held, have, rate)
 
 

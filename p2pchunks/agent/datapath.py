@@ -156,8 +156,9 @@ class DataPath:
                 with trio.move_on_after(self._inject_wait_s):
                     await arrived.wait()
                     return
-                log.warning("chunk %s: libtorrent did not confirm it in %.0f s: cached directly", chunk_id,
-                            self._inject_wait_s)
+                log.warning(
+                    "chunk %s: libtorrent did not confirm it in %.0f s: cached directly", chunk_id, self._inject_wait_s
+                )
         async with self._disk:
             fresh = await trio.to_thread.run_sync(lambda: self._cache.put(chunk_id, data, manifest_id=manifest_id))
         self.arrived(chunk_id, source, len(data), fresh=fresh)

@@ -121,9 +121,7 @@ def _hub_families(rows: list[dict[str, Any]]) -> Iterator[Any]:
     yield from (up, received, errors, missing)
 
 
-def render_prometheus(
-    stats: AgentStats, gauges: Callable[[], dict[str, float]], hubs: HubRows | None = None
-) -> bytes:
+def render_prometheus(stats: AgentStats, gauges: Callable[[], dict[str, float]], hubs: HubRows | None = None) -> bytes:
     """The Prometheus text exposition of ``stats`` plus the current ``gauges()`` and ``hubs()`` (per-hub rows)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_StatsCollector(stats, gauges, hubs))

@@ -116,8 +116,11 @@ class PieceKeeper:
                 continue
             have = await trio.to_thread.run_sync(self._cache.held, torrent.manifest.piece_ids)
             self._swarm.reload(torrent, have)
-            log.info("torrent %s: %d chunks left the cache, added again", torrent.manifest.name,
-                     len(gone & torrent.chunk_set))
+            log.info(
+                "torrent %s: %d chunks left the cache, added again",
+                torrent.manifest.name,
+                len(gone & torrent.chunk_set),
+            )
 
     # ---- libtorrent's side --------------------------------------------------------------------------------------
 
@@ -156,8 +159,12 @@ class PieceKeeper:
             self._stats.peers_banned += 1
             until = self._bans.strike(event.ip, trio.current_time())
             self._swarm.block(self._bans.refused(trio.current_time()))
-            log.warning("peer %s sent corrupt data on %s: refused for %.0f s", event.ip, event.infohash,
-                        until - trio.current_time())
+            log.warning(
+                "peer %s sent corrupt data on %s: refused for %.0f s",
+                event.ip,
+                event.infohash,
+                until - trio.current_time(),
+            )
         elif isinstance(event, alerts.AlertsDropped):
             log.warning("libtorrent dropped %d kinds of alerts: comparing every torrent with the cache", event.count)
             nursery.start_soon(self.resync)
@@ -209,8 +216,11 @@ class PieceKeeper:
                 self._arrived(chunk_id, source, manifest.chunk_size_of(chunk_id), fresh=result == "fresh")
             elif result == "corrupt":
                 self._stats.corrupt_from_peers += 1
-                log.error("piece for %s passed libtorrent's hash but not its chunk id: manifest %s is inconsistent",
-                          chunk_id, manifest.name)
+                log.error(
+                    "piece for %s passed libtorrent's hash but not its chunk id: manifest %s is inconsistent",
+                    chunk_id,
+                    manifest.name,
+                )
 
     def _still_intact(self, chunk_id: str) -> bool:
         try:

@@ -90,8 +90,9 @@ def _bare_libtorrent(source: Path, target: Path, manifest: Any) -> float:
 async def bench_ingest(image_mib: int, workdir: Path | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="p2pchunks-ingest-", dir=workdir) as tmp:
         work = Path(tmp)
-        warm = await trio.to_thread.run_sync(lambda: build_warm_cache(work / "warm", image_mib * 2**20, 1,
-                                                                     budget_bytes=BUDGET))
+        warm = await trio.to_thread.run_sync(
+            lambda: build_warm_cache(work / "warm", image_mib * 2**20, 1, budget_bytes=BUDGET)
+        )
         manifest = warm.manifests[0]
         ref = str(next((work / "warm" / "manifests").glob("*.p2p")))
         hub_root = work / "hub"

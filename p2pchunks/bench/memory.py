@@ -29,8 +29,9 @@ IDLE_S = 10.0
 async def _measure(work: Path, cache_mib: int, manifests: int) -> dict[str, Any]:
     directory = work / f"cache-{cache_mib}"
     budget = int(1.15 * cache_mib * 2**20)  # a forced gc then evicts down to the low watermark (0.8 of it)
-    warm = await trio.to_thread.run_sync(lambda: build_warm_cache(directory, cache_mib * 2**20, manifests,
-                                                                 budget_bytes=budget))
+    warm = await trio.to_thread.run_sync(
+        lambda: build_warm_cache(directory, cache_mib * 2**20, manifests, budget_bytes=budget)
+    )
     config = write_config(
         work / f"agent-{cache_mib}.toml",
         {
@@ -44,8 +45,12 @@ async def _measure(work: Path, cache_mib: int, manifests: int) -> dict[str, Any]
     started = time.perf_counter()
     async with open_agent_process(config, stderr=work / f"agent-{cache_mib}.log") as agent:
         startup_s = time.perf_counter() - started
-        figures: dict[str, Any] = {"cache_MiB": round(warm.bytes / 2**20), "chunks": warm.chunks,
-                                   "manifests": manifests, "startup_s": round(startup_s, 2)}
+        figures: dict[str, Any] = {
+            "cache_MiB": round(warm.bytes / 2**20),
+            "chunks": warm.chunks,
+            "manifests": manifests,
+            "startup_s": round(startup_s, 2),
+        }
         await trio.sleep(SETTLE_S)
         figures["anon_at_start_MiB"] = anon_bytes(agent.pid) / 2**20
         cpu0 = agent.cpu_seconds()

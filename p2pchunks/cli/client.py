@@ -65,8 +65,9 @@ class AgentApi:
                 detail = response.json().get("error", "")
             except (ValueError, AttributeError):
                 detail = response.text.strip()
-            raise ApiError(f"GET {path}: {response.status_code} {detail or response.reason_phrase}",
-                           response.status_code)
+            raise ApiError(
+                f"GET {path}: {response.status_code} {detail or response.reason_phrase}", response.status_code
+            )
         return response.content
 
     async def _send(self, method: str, path: str, body: Any, *, long: bool) -> httpx.Response:

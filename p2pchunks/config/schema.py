@@ -99,8 +99,8 @@ class SwarmSection:
     """Download cap from peers in bytes/s (0: none)."""
     limit_local_peers: bool = False
     """Apply the caps to LAN peers too (libtorrent exempts them by default)."""
-    connections_limit: int = 200
-    """Most peer connections at once."""
+    connections_limit: int = 0
+    """Most peer connections at once (0: 200 for a node, 1,000 for a seed)."""
     bootstrap_file: str = ""
     """Signed list of volunteer seeds (empty: the list shipped in the package)."""
     bootstrap: list[str] = field(default_factory=list)

@@ -164,8 +164,8 @@ def rendezvous_order(chunk_id: str, candidates: Iterable[str]) -> list[str]:
 
 def deadline_s(params: FetchParams, *, hot: bool, hub_time_s: float | None) -> float:
     """How long an owner may make no progress before the next in line takes one of its chunks over."""
-    floor, factor = (params.hot_deadline_s, params.hot_hub_factor) if hot else (
-        params.owner_stall_s, params.stall_hub_factor
+    floor, factor = (
+        (params.hot_deadline_s, params.hot_hub_factor) if hot else (params.owner_stall_s, params.stall_hub_factor)
     )
     return max(floor, factor * hub_time_s) if hub_time_s is not None else floor
 

@@ -11,7 +11,10 @@ leechers got 0 of 36 pieces in 30 s). libtorrent's only per-address control, ``a
 False``, stops the handshaken ones but not the idle ones (measured: the honest leechers still waited ~28 s), and it
 would also cut a farm behind one NAT to one connection per torrent. The guard counts every inbound connection,
 handshaken or not, and stops an address (a prefix) at a quarter (a half) of the limit: room for a farm behind one
-NAT, and always room left for everyone else.
+NAT, and always room left for everyone else. It acts only when slots are scarce (half the limit in use): a farm
+behind one NAT with more nodes than a quarter of an idle seed's slots harms nobody and keeps its seed. Addresses
+that cannot come from the internet (private, link-local, carrier NAT: the node's own farm on its LAN) are not
+counted; loopback is, as the lab's stand-in for the internet.
 
 It must not know libtorrent, trio, sockets or the clock: times come in as ``now``.
 """
@@ -31,6 +34,12 @@ def share_of(connections_limit: int) -> tuple[int, int]:
     return max(4, connections_limit // 4), max(8, connections_limit // 2)
 
 
+def from_internet(ip: str) -> bool:
+    """Whether ``ip`` may be a stranger's: a global address, or loopback (the lab's internet)."""
+    address = ipaddress.ip_address(ip)
+    return address.is_global or address.is_loopback
+
+
 def prefix_range(ip: str) -> tuple[str, str]:
     """First and last address of the /24 (IPv4) or /48 (IPv6) holding ``ip``."""
     address = ipaddress.ip_address(ip)
@@ -43,6 +52,8 @@ class FloodGuard:
     per_address: int
     per_prefix: int
     ban_s: float = BAN_S
+    crowded: int = 0
+    """Live inbound connections from which on the shares are enforced (the session: half its limit)."""
     max_tracked: int = 100_000
     """Live connections remembered at most (if disconnect news got lost, counting starts over)."""
     live: dict[tuple[str, int], str] = field(default_factory=dict)
@@ -56,7 +67,7 @@ class FloodGuard:
 
     def opened(self, ip: str, port: int, now: float) -> bool:
         """An inbound connection from ``ip:port`` was accepted; True if the blocked set grew."""
-        if (ip, port) in self.live:
+        if (ip, port) in self.live or not from_internet(ip):
             return False
         if len(self.live) >= self.max_tracked:
             self.forget_connections()
@@ -67,6 +78,8 @@ class FloodGuard:
             return False
         self.live[(ip, port)] = first
         self.by_prefix[first] += 1
+        if len(self.live) < self.crowded:
+            return False
         if self.by_address[ip] > self.per_address:
             self.blocked[(ip, ip)] = now + self.ban_s
             for key, counted in self.live.items():

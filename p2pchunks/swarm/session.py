@@ -64,9 +64,14 @@ class SwarmSettings:
     limit_local_peers: bool = SwarmSection.limit_local_peers
     """Apply the rate caps to peers on the local network too (libtorrent exempts them by default)."""
     connections_limit: int = SwarmSection.connections_limit
+    """0: 200 for a node, 1,000 for a seed (a quarter of it is one address's share: a farm behind one NAT)."""
     trackers: tuple[str, ...] = ()
     unchoke_slots: int = 0
     """0: 8 for a node, 64 for a seed."""
+
+    @property
+    def connections(self) -> int:
+        return self.connections_limit or (1000 if self.profile == "seed" else 200)
 
     @property
     def host(self) -> str:
@@ -102,7 +107,7 @@ def session_settings(settings: SwarmSettings) -> dict[str, Any]:
         "upload_rate_limit": settings.upload_rate_bps,
         "download_rate_limit": settings.download_rate_bps,
         "ignore_limits_on_local_network": not settings.limit_local_peers,
-        "connections_limit": settings.connections_limit,
+        "connections_limit": settings.connections,
         "allow_multiple_connections_per_ip": True,
         "unchoke_slots_limit": settings.unchoke_slots or (64 if seed else 8),
         "max_queued_disk_bytes": 8 * 1024 * 1024,
@@ -153,8 +158,9 @@ class Swarm:
         self.torrents: dict[str, Torrent] = {}
         self._blocked: frozenset[str] = frozenset()
         self.peer_ledger = PeerLedger()
-        per_address, per_prefix = share_of(settings.connections_limit)
-        self.guard = FloodGuard(per_address, per_prefix, max_tracked=8 * (settings.connections_limit + 64))
+        limit = settings.connections
+        per_address, per_prefix = share_of(limit)
+        self.guard = FloodGuard(per_address, per_prefix, crowded=per_prefix, max_tracked=8 * (limit + 64))
         self.guard_blocks = 0
         """Sources the flood guard blocked so far."""
         self._guard_changed = trio.Event()
