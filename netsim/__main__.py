@@ -82,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "model":
         return _model(args)
+    if args.command == "run" and args.scenario == "farm-cache":  # custody on and off: a table of its own
+        from .farmcache import main_farm_cache
+
+        return main_farm_cache(_knobs(args, args.scenario), args.workdir, args.json)
     if args.command == "run":
         result = trio.run(run, args.scenario, _knobs(args, args.scenario), args.workdir)
         _finish([result], args)

@@ -144,9 +144,10 @@ async def test_alone_every_chunk_comes_from_the_hub_hot_first_within_the_slots(
     assert set(m.hot) <= set(report.arrival_order[:4])
     assert hub.peak <= 4
     assert report.hub_reasons == {"ALONE": 12}
-    hot_phase, rest = torrent.pushed[0], torrent.pushed[-1]
+    hot_phase, rest, end = torrent.pushed[0], torrent.pushed[-2], torrent.pushed[-1]
     assert hot_phase == [TOP] * 3 + [0] * 9  # until the hot chunks are in, peers are asked for nothing else
     assert rest == [TOP] * 3 + [NORMAL] * 9
+    assert end == [0] * 12  # at its end the job wants nothing: an evicted piece is not fetched again
 
 
 async def test_a_chunk_a_peer_holds_is_left_to_the_peer(autojump_clock: trio.testing.MockClock) -> None:
@@ -277,7 +278,7 @@ async def test_a_job_over_a_subset_fetches_orders_and_reports_only_those(
     pieces = {torrent.piece_of(c) for c in only}
     for pushed in torrent.pushed:  # libtorrent is never asked for a chunk outside the subset
         assert {piece for piece, priority in enumerate(pushed) if priority} <= pieces
-    assert [p for p, priority in enumerate(torrent.pushed[-1]) if priority] == sorted(pieces)
+    assert [p for p, priority in enumerate(torrent.pushed[-2]) if priority] == sorted(pieces)
 
 
 async def test_a_subset_job_widened_to_the_whole_image_fetches_the_rest(
@@ -297,5 +298,5 @@ async def test_a_subset_job_widened_to_the_whole_image_fetches_the_rest(
         report = await job.run()
     assert {c for _, c in hub.asked} == set(m.chunk_ids)
     assert (report.chunks, report.done, report.image_bytes) == (10, 10, 10 * SIZE)
-    assert sum(1 for priority in torrent.pushed[-1] if priority) == 10
+    assert sum(1 for priority in torrent.pushed[-2] if priority) == 10
     assert not job.widen({m.chunk_ids[0]})  # an ended job takes nothing more: the caller starts another

@@ -240,6 +240,8 @@ class FetchJob:
             self._closing = True
             self._release(list(self._kept))
             self._kept.clear()
+            if self._torrent is not None:  # nothing is wanted any more: a piece evicted later is not fetched again
+                self._torrent.set_priorities([0] * self._torrent.pieces)
             report.seconds = self._clock() - start
         if report.hot_seconds is None:
             report.hot_seconds = report.seconds
