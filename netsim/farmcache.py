@@ -37,14 +37,25 @@ from rich.table import Table
 
 from p2pchunks.cache.index import read_held
 from p2pchunks.formats.manifest import Manifest
+from p2pchunks.hub.publish import publish
 
+from .nodeconfig import make_image
 from .runner import Run, RunOptions
-from .scenarios import storm_config, topology
-from .topology import NodeSpec
+from .scenarios import Knobs, storm_config, topology
+from .topology import NodeSpec, Topology, farm
 
 CACHE_IMAGES = 4
 """Each node's cache budget, in images."""
 CUSTODY = {"copies": 2, "share": 0.5}
+FIRST_ADDRESS = 130
+IMAGE_SEED = 1300
+"""The nodes' addresses (127.0.0.130 on) and the images' contents are this scenario's own: other runs on the same
+machine use 127.0.0.2 on and images of seeds 1, 2, ..., and LSD would join the swarms of identical images."""
+
+
+def farm_cache_topology(knobs: Knobs) -> Topology:
+    nodes = farm(knobs.nodes, up_mbps=knobs.up_mbps, down_mbps=knobs.down_mbps, first_address=FIRST_ADDRESS)
+    return dataclasses.replace(topology("farm-cache", knobs), nodes=nodes)
 
 
 def node_sections(storm: Any, budget_bytes: int, custody: bool) -> Any:
@@ -63,6 +74,20 @@ class FarmCacheRun(Run):
     """One mode of ``farm-cache``: warm-up, then the deploys (see the module's header)."""
 
     custody = True
+
+    def prepare(self) -> None:
+        """``Run.prepare`` with images of this scenario's own (``IMAGE_SEED``)."""
+        image = self.topo.image
+        size = int(image.size_mib * 2**20)
+        for i in range(self.options.images):
+            name = f"image{i}"
+            hot = make_image(self.work / "src" / name, size, image.hot_fraction, seed=IMAGE_SEED + i)
+            root = self.work / "src" / name
+            publish(root, self.work / "hub", name=name, version="1", chunk_size=image.chunk_kib * 1024, hot_paths=hot)
+            self.image_names.append(name)
+        self.image_bytes = size
+        (self.work / "nodes").mkdir(exist_ok=True)
+        (self.work / "logs").mkdir(exist_ok=True)
 
     async def execute(self) -> dict[str, Any]:
         out: dict[str, Any] = {"errors": []}
@@ -164,9 +189,9 @@ def quantile(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))], 3)
 
 
-async def run_farm_cache(knobs: Any, workdir: Path | None = None) -> dict[str, Any]:
+async def run_farm_cache(knobs: Knobs, workdir: Path | None = None) -> dict[str, Any]:
     """Both modes, custody first; the combined result (see ``summary``)."""
-    topo = topology("farm-cache", knobs)
+    topo = farm_cache_topology(knobs)
     modes: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="netsim-farm-cache-") as tmp:
         base = workdir or Path(tmp)
