@@ -71,3 +71,14 @@ def lower_bound_s(topo: Topology) -> float:
     public_fetchers = sum(1 for node in topo.nodes if node.public and node.name in staying)
     terms.append(public_fetchers * size / (u_public + from_farms))
     return max([0.0, *terms])
+
+
+def hot_bound_s(topo: Topology, hot_bytes: int, grace_s: float) -> float:
+    """The hot set's own bound: ``grace_s`` (the agents' discovery grace, before which no node asks the hub) plus the
+    hot bytes at the hub's total rate plus one hub round trip (the emulated latency, added once per request).
+
+    Not a physical bound like T* (the grace is a choice of the policy) but what hot-first can achieve at best: the
+    first hot byte leaves the hub one round trip after the grace, and every hot byte must leave it."""
+    u_hub = sum(hub.rate_bps for hub in topo.hubs)
+    latency_s = min(hub.latency_ms for hub in topo.hubs) / 1000
+    return grace_s + hot_bytes / u_hub + latency_s

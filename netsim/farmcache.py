@@ -102,11 +102,11 @@ class FarmCacheRun(Run):
                     await self._boot_nodes(http)
                     await self._warmed(http, out["errors"])
                 out["warm_s"] = round(trio.current_time() - start, 3)
-                out["warm_hub_bytes"] = (await self.hub_totals(http))["total_bytes"]
+                out["warm_hub_bytes"] = (await self.sampler.totals(http))["total_bytes"]
                 out["copies_after_warm"] = await trio.to_thread.run_sync(self.farm_copies)
                 with trio.fail_after(self.options.deadline_s):
                     out["deploy_s"] = await self._deploys(http, out["errors"])
-                out["deploy_hub_bytes"] = (await self.hub_totals(http))["total_bytes"] - out["warm_hub_bytes"]
+                out["deploy_hub_bytes"] = (await self.sampler.totals(http))["total_bytes"] - out["warm_hub_bytes"]
                 out["copies_after_deploys"] = await trio.to_thread.run_sync(self.farm_copies)
                 out["custody"] = await self._custody_of_each(http)
         finally:

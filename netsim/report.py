@@ -3,8 +3,9 @@
 Owns the shape every runner's result must have (``REQUIRED_KEYS``, ``validate_result``) and its three renderings.
 It must not know how a result was produced (loopback, netns or the flow model): a result is a plain dict of JSON
 values. Optional keys it understands: ``timeline`` (rows ``[t_s, nodes_done, hub_bytes]`` or
-``[t_s, nodes_done, hub_bytes, peer_bytes]``), ``left`` (names of nodes that left), ``backend``, and the accounting
-of ``accounting.py``: ``bytes_by_source`` (totals), ``per_node`` (a line per node) and ``wan`` (per NAT farm).
+``[t_s, nodes_done, hub_bytes, peer_bytes]``), ``left`` (names of nodes that left), ``backend``, ``hot_bound_s``,
+``longest_stall_s`` (and its start), ``agent_cpu_s``, ``sample_errors``, and the accounting of ``accounting.py``:
+``bytes_by_source`` (totals), ``per_node`` (a line per node) and ``wan`` (per NAT farm).
 """
 
 from __future__ import annotations
@@ -85,6 +86,17 @@ def summary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("lower bound", _seconds(result["lower_bound_s"])),
         ("ratio to bound", "-" if result["ratio_to_bound"] is None else f"{result['ratio_to_bound']:.2f}"),
         ("hot chunks done", _seconds(result["hot_done_s"])),
+    ]
+    if result.get("hot_bound_s"):
+        rows.append(("hot set bound", _seconds(result["hot_bound_s"])))
+    if result.get("longest_stall_s") is not None:
+        since = _seconds(result.get("longest_stall_start_s"))
+        rows.append(("longest stall", f"{_seconds(result['longest_stall_s'])} from {since}"))
+    if result.get("agent_cpu_s") is not None:
+        rows.append(("agent CPU", _seconds(result["agent_cpu_s"])))
+    if result.get("sample_errors"):
+        rows.append(("sample gaps", str(len(result["sample_errors"]))))
+    rows += [
         ("errors", str(len(result["errors"]))),
         ("corrupt chunks", str(result["corrupt_chunks"])),
     ]

@@ -7,7 +7,10 @@ on schedule, and collect what happened: per-node completion times, hub egress (t
 from peers by peer class (each agent's ``/status`` → ``peer_bytes``, classified by ``accounting``), what crossed
 each NAT farm's WAN, and every chunk of every cache re-verified at the end.
 
-Every wait is bounded (``deadline_s``); every process is stopped at the end, also on failure.
+Every wait is bounded (``deadline_s``); every process is stopped at the end, also on failure. A run always ends with
+a result: a sample of the hub's ``_stats`` that fails or times out is a gap in the timeline, listed in
+``sample_errors``; an agent that stops answering is that node's ``error`` (``driver``); the deadline, or a fault of
+the harness itself, is listed in ``errors`` with the nodes still unfinished.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,34 +30,21 @@ import httpx
 import trio
 
 from p2pchunks.cache.store import ChunkCache
+from p2pchunks.config.schema import FetchSection
 from p2pchunks.errors import BadConfig
 from p2pchunks.hub.publish import publish
 
 from .accounting import Addresses, node_account, totals, wan_usage
 from .backends import Backend, LoopbackBackend, free_port
-from .bound import loopback_standin, lower_bound_s
+from .bound import hot_bound_s, loopback_standin, lower_bound_s
+from .driver import AgentApi, NodeRun
 from .nodeconfig import API_PORT, make_image, node_config
+from .sampler import Sampler
+from .timeline import first_hub_chunk_s, longest_stall
 from .topology import NodeSpec, Topology
 
 HUB_PORT = 8080
 """The hub's port on backends other than loopback (which picks a free one)."""
-
-
-@dataclass
-class NodeRun:
-    spec: NodeSpec
-    address: str
-    process: subprocess.Popen[bytes] | None = None
-    job: int | None = None
-    done_s: float | None = None
-    hot_s: float | None = None
-    bytes_from_hub: int = 0
-    bytes_from_peers: int = 0
-    error: str = ""
-    left: bool = False
-    hub_reasons: dict[str, int] = field(default_factory=dict)
-    peer_bytes: dict[str, dict[str, int]] = field(default_factory=dict)
-    """The agent's ``/status`` → ``peer_bytes`` at the end of the run."""
 
 
 @dataclass
@@ -68,6 +59,12 @@ class RunOptions:
     """Nodes warm their official list by themselves (update-storm): wait for that instead of fetching."""
     keep: bool = False
     events: list[tuple[float, str]] = field(default_factory=list)
+    sample_s: float = 0.2
+    """How often the hub's counters are sampled into the timeline."""
+    sample_timeout_s: float = 2.0
+    """A sample not answered by then is a gap (``sample_errors``), not a wait."""
+    patience_s: float = 30.0
+    """How long an agent's API may fail in a row (its process alive) before its node is given up."""
 
 
 class Run:
@@ -90,12 +87,25 @@ class Run:
         self.hub_urls: list[str] = []
         """``topo.hubs`` in order: the first is ``hub_url``, the rest its mirrors (same root)."""
         self.image_bytes = 0
+        self.hot_bytes = 0
+        """Bytes of the images' hot (boot-critical) chunks, as published."""
+        self.manifest_bytes = 0
+        """Bytes of the images' manifests (each node fetches them from the hub before any chunk)."""
         self.image_names: list[str] = []
         self.hub_stats: dict[str, Any] = {}
-        self.timeline: list[tuple[float, int, int]] = []  # (t, nodes done, hub bytes)
+        self.sampler = Sampler(self.hub_urls, every_s=options.sample_s, timeout_s=options.sample_timeout_s)
+        self.harness_errors: list[str] = []
+        """Faults of the run itself (deadline, a hub switch that failed, a bug): listed in the result's errors."""
+        self.harness_cpu_s = 0.0
+        """CPU seconds of this process (the harness) while the clock ran."""
+        self._harness_mark: float | None = None
+        self.load_average: list[float] = []
+        """The machine's load average (1, 5, 15 min) when the clock started: how busy it was besides this run."""
         self.wan: dict[str, dict[str, int]] = {}
         self._seeds_fetching = trio.Event()
         self._seeds_pending = 0
+        self.clock_started = trio.Event()
+        """Set when the deploy is triggered (t = 0 of the timeline): every present node is up by then."""
 
     # ---- set-up ---------------------------------------------------------------------------------------------
 
@@ -105,7 +115,7 @@ class Run:
         for i in range(self.options.images):
             name = f"image{i}"
             hot = make_image(self.work / "src" / name, size, image.hot_fraction, seed=i + 1)
-            publish(
+            published = publish(
                 self.work / "src" / name,
                 self.work / "hub",
                 name=name,
@@ -113,6 +123,9 @@ class Run:
                 chunk_size=image.chunk_kib * 1024,
                 hot_paths=hot,
             )
+            self.manifest_bytes += published.manifest_path.stat().st_size
+            sizes = {chunk.id: chunk.size for entry in published.manifest.files for chunk in entry.chunks}
+            self.hot_bytes += sum(sizes[chunk_id] for chunk_id in published.manifest.hot)
             self.image_names.append(name)
         self.image_bytes = size + 0  # the tree is exactly ``size`` bytes
         (self.work / "nodes").mkdir(exist_ok=True)
@@ -140,15 +153,6 @@ class Run:
             self.hub_processes.append(self.backend.spawn(None, argv, log))
             self.hub_urls.append(f"http://{address}/")
 
-    async def hub_totals(self, http: httpx.AsyncClient) -> dict[str, Any]:
-        """Every hub's ``_stats``, summed: bytes and requests add up, the peak is the highest."""
-        each = [(await http.get(f"{url}_stats")).json() for url in self.hub_urls]
-        return {
-            "total_bytes": sum(stats["total_bytes"] for stats in each),
-            "peak_inflight": max(stats.get("peak_inflight") or 0 for stats in each),
-            "bytes_by_hub": [stats["total_bytes"] for stats in each],
-        }
-
     def start_node(self, node: NodeRun) -> None:
         seeds = [n.address for n in self.nodes if n.spec.role == "seed"]  # a seed announces to its own tracker
         extra = self.node_extra(node.spec) if self.node_extra else None
@@ -171,6 +175,9 @@ class Run:
     def api(self, node: NodeRun) -> str:
         return f"http://{node.address}:{API_PORT}"
 
+    def agent(self, http: httpx.AsyncClient, node: NodeRun) -> AgentApi:
+        return AgentApi(http, node, self.api(node), patience_s=self.options.patience_s, poll_s=self.options.poll_s)
+
     async def wait_ready(self, http: httpx.AsyncClient, url: str, what: str) -> None:
         with trio.fail_after(60):
             while True:
@@ -186,33 +193,62 @@ class Run:
             await trio.to_thread.run_sync(self.prepare)
             self.start_hub()
             async with httpx.AsyncClient(timeout=30.0, transport=self.backend.http_transport()) as http:
-                for url in self.hub_urls:
-                    await self.wait_ready(http, f"{url}_stats", "hub")
-                await self._prefill_seeds(http)
-                await self._boot_nodes(http)
-                for url in self.hub_urls:
-                    await http.post(f"{url}_stats/reset")
-                wan_before = self.backend.wan_bytes()
-                start = trio.current_time()
-                self._seeds_fetching = trio.Event()
-                self._seeds_pending = sum(1 for n in self.nodes if n.spec.fetches and n.spec.role == "seed")
-                if not self._seeds_pending:
-                    self._seeds_fetching.set()
-                with trio.fail_after(self.options.deadline_s):
-                    async with trio.open_nursery() as nursery:
-                        for node, offset in zip(self.nodes, self.topo.start_times(), strict=True):
-                            if node.spec.fetches:
-                                nursery.start_soon(self._drive_node, http, node, start, start + offset)
-                        for url, hub in zip(self.hub_urls, self.topo.hubs, strict=True):
-                            nursery.start_soon(self._outages, http, url, hub.down, start)
-                        nursery.start_soon(self._sample, http, start, nursery.cancel_scope)
-                self.hub_stats = await self.hub_totals(http)
-                self.wan = wan_usage(wan_before, self.backend.wan_bytes())
-                await self._collect_peer_bytes(http)
+                try:
+                    await self._drive(http)
+                except Exception as error:  # a fault of the harness: still a result, with the fault in its errors
+                    self._harness_fault("the run", error)
         finally:
+            self.sampler.read_cpu(self._processes())
+            if self._harness_mark is not None:
+                self.harness_cpu_s = time.process_time() - self._harness_mark
             self.stop_all()
         corrupt = await trio.to_thread.run_sync(self.verify_caches)
         return self.result(corrupt)
+
+    async def _drive(self, http: httpx.AsyncClient) -> None:
+        for url in self.hub_urls:
+            await self.wait_ready(http, f"{url}_stats", "hub")
+        await self._prefill_seeds(http)
+        await self._boot_nodes(http)
+        for url in self.hub_urls:
+            await http.post(f"{url}_stats/reset")
+        wan_before = self.backend.wan_bytes()
+        self.sampler.read_cpu(self._processes())
+        self.sampler.cpu.mark()
+        self._harness_mark = time.process_time()
+        self.load_average = [round(x, 2) for x in os.getloadavg()]
+        start = trio.current_time()
+        self.clock_started.set()
+        self._seeds_fetching = trio.Event()
+        self._seeds_pending = sum(1 for n in self.nodes if n.spec.fetches and n.spec.role == "seed")
+        if not self._seeds_pending:
+            self._seeds_fetching.set()
+        with trio.move_on_after(self.options.deadline_s) as deadline:
+            async with trio.open_nursery() as nursery:
+                for node, offset in zip(self.nodes, self.topo.start_times(), strict=True):
+                    if node.spec.fetches:
+                        nursery.start_soon(self._drive_node, http, node, start, start + offset)
+                for url, hub in zip(self.hub_urls, self.topo.hubs, strict=True):
+                    nursery.start_soon(self._outages, http, url, hub.down, start)
+                nursery.start_soon(self._sample, http, start, nursery.cancel_scope)
+        if deadline.cancelled_caught:
+            unfinished = [n.spec.name for n in self.nodes if n.spec.fetches and n.done_s is None and not n.left]
+            self.harness_errors.append(f"deadline of {self.options.deadline_s:g} s passed; unfinished: {unfinished}")
+        try:
+            self.hub_stats = await self.sampler.totals(http)
+        except (httpx.HTTPError, ValueError, KeyError) as error:
+            self._harness_fault("the hub's final _stats (the last sample stands in)", error)
+            if self.sampler.timeline:
+                self.hub_stats = {"total_bytes": self.sampler.timeline[-1][2]}
+        self.wan = wan_usage(wan_before, self.backend.wan_bytes())
+        for node in self.nodes:
+            if node.process is not None and not node.left and node.process.poll() is None:
+                await self.agent(http, node).peer_bytes()
+
+    def _harness_fault(self, what: str, error: BaseException) -> None:
+        self.harness_errors.append(f"harness: {what}: {error!r}")
+        with (self.work / "logs" / "harness.log").open("a") as log:
+            log.write("".join(traceback.format_exception(error)))
 
     async def _prefill_seeds(self, http: httpx.AsyncClient) -> None:
         """Seeds start full: they warm the images before the clock starts."""
@@ -232,66 +268,41 @@ class Run:
         for node in present:
             self.start_node(node)
         for node in present:
-            await self.wait_ready(http, f"{self.api(node)}/status", node.spec.name)
-
-    async def _collect_peer_bytes(self, http: httpx.AsyncClient) -> None:
-        """Every running agent's bytes per peer address (nodes that left have none)."""
-        for node in self.nodes:
-            if node.process is None or node.left or node.process.poll() is not None:
-                continue
-            try:
-                status = (await http.get(f"{self.api(node)}/status")).json()
-            except (httpx.TransportError, ValueError):
-                continue  # its line then shows no peer bytes; the run's errors say why it is gone
-            node.peer_bytes = status.get("peer_bytes") or {}
+            await self.agent(http, node).wait_ready()
 
     async def _drive_node(self, http: httpx.AsyncClient, node: NodeRun, start: float, join_at: float) -> None:
         spec = node.spec
         await trio.sleep_until(join_at)
         if node.process is None:  # joins late (churn): boots now
             self.start_node(node)
-        await self.wait_ready(http, f"{self.api(node)}/status", spec.name)
+        agent = self.agent(http, node)
+        took_on = spec.role != "seed"
+
+        def started() -> None:
+            nonlocal took_on
+            if not took_on:
+                took_on = True
+                self._seed_took_on()
+
         async with trio.open_nursery() as nursery:
             if spec.leave_s is not None:
                 nursery.start_soon(self._leave, node, start + spec.leave_s, nursery.cancel_scope)
-            await self._fetch_all(http, node, start)
+            try:
+                if await agent.wait_ready():
+                    await self._fetch_all(agent, start, started)
+            except (ValueError, KeyError, TypeError) as error:  # an answer that is not what the API promises
+                node.error = f"unreadable answer from the agent's API: {error!r}"
+            finally:
+                started()  # a seed that failed before taking on its jobs must not hold the farm back
             nursery.cancel_scope.cancel()
 
-    async def _fetch_all(self, http: httpx.AsyncClient, node: NodeRun, start: float) -> None:
+    async def _fetch_all(self, agent: AgentApi, start: float, started: Callable[[], None]) -> None:
         if self.options.warm_only:
-            await self._wait_warm(http, node, start)
+            await agent.wait_warm(start)
             return
-        seed = node.spec.role == "seed"
-        if not seed:  # seeds that fetch take the images on first (within milliseconds): see _seed_took_on
+        if agent.node.spec.role != "seed":  # seeds that fetch take the images on first (within ms): _seed_took_on
             await self._seeds_fetching.wait()
-        jobs = []
-        for name in self.image_names:
-            response = await http.post(f"{self.api(node)}/fetch", json={"manifest": name})
-            if response.status_code != 202:
-                node.error = f"fetch {name}: {response.status_code} {response.text}"
-                break
-            jobs.append(response.json()["job"])
-        if seed:
-            self._seed_took_on()
-        if node.error:
-            return
-        pending = set(jobs)
-        while pending:
-            for job_id in sorted(pending):
-                job = (await http.get(f"{self.api(node)}/jobs/{job_id}")).json()
-                if job["state"] == "running":
-                    continue
-                pending.discard(job_id)
-                node.bytes_from_hub += job.get("bytes_from_hub", 0)
-                node.bytes_from_peers += job.get("bytes_from_peers", 0)
-                for reason, count in job.get("hub_reasons", {}).items():
-                    node.hub_reasons[reason] = node.hub_reasons.get(reason, 0) + count
-                if job["state"] != "done":
-                    node.error = job.get("error", "failed")
-                node.hot_s = max(node.hot_s or 0.0, node.spec.join_s + (job.get("hot_seconds") or 0.0))
-            if pending:
-                await trio.sleep(self.options.poll_s)
-        node.done_s = trio.current_time() - start
+        await agent.fetch(self.image_names, started, start)
 
     def _seed_took_on(self) -> None:
         """A fetching seed has its jobs: nodes may start. A seed counts as ``complete`` in its tracker only while it
@@ -301,23 +312,10 @@ class Run:
         if self._seeds_pending <= 0:
             self._seeds_fetching.set()
 
-    async def _wait_warm(self, http: httpx.AsyncClient, node: NodeRun, start: float) -> None:
-        while True:
-            status = (await http.get(f"{self.api(node)}/status")).json()
-            warm = status.get("warm") or {}
-            if warm.get("passes", 0) >= 1:
-                break
-            await trio.sleep(self.options.poll_s)
-        for job in status["jobs"]:
-            node.bytes_from_hub += job.get("bytes_from_hub", 0)
-            node.bytes_from_peers += job.get("bytes_from_peers", 0)
-        if warm.get("errors"):
-            node.error = "; ".join(warm["errors"][-3:])
-        node.done_s = trio.current_time() - start
-
     async def _leave(self, node: NodeRun, at: float, scope: trio.CancelScope) -> None:
         await trio.sleep_until(at)
         if node.process is not None and node.done_s is None:
+            self.sampler.cpu.read(node.spec.name, node.process.pid)
             node.process.send_signal(signal.SIGKILL)
             node.left = True
             self.options.events.append((at, f"{node.spec.name} left"))
@@ -327,21 +325,39 @@ class Run:
         self, http: httpx.AsyncClient, url: str, windows: tuple[tuple[float, float], ...], start: float
     ) -> None:
         for down, up in windows:
-            await trio.sleep_until(start + down)
-            await http.post(f"{url}_admin/down")
-            await trio.sleep_until(start + up)
-            await http.post(f"{url}_admin/up")
+            for at, action in ((down, "down"), (up, "up")):
+                await trio.sleep_until(start + at)
+                await self._switch(http, url, action)
+
+    async def _switch(self, http: httpx.AsyncClient, url: str, action: str) -> None:
+        """``/_admin/<action>``, retried for a few seconds; a switch that never took is a harness error."""
+        error: Exception | None = None
+        for _ in range(10):
+            try:
+                if (await http.post(f"{url}_admin/{action}", timeout=self.options.sample_timeout_s)).status_code == 200:
+                    return
+            except httpx.HTTPError as failure:
+                error = failure
+            await trio.sleep(0.2)
+        self.harness_errors.append(f"harness: could not switch {url} {action}: {error!r}")
 
     async def _sample(self, http: httpx.AsyncClient, start: float, scope: trio.CancelScope) -> None:
         fetching = [n for n in self.nodes if n.spec.fetches]
-        while True:
-            stats = await self.hub_totals(http)
-            done = sum(1 for n in fetching if n.done_s is not None)
-            self.timeline.append((trio.current_time() - start, done, stats["total_bytes"]))
-            if all(n.done_s is not None or n.left or n.error for n in fetching):
-                scope.cancel()
-                return
-            await trio.sleep(0.5)
+        await self.sampler.run(
+            http,
+            start,
+            done=lambda: sum(1 for n in fetching if n.done_s is not None),
+            over=lambda: all(n.done_s is not None or n.left or n.error for n in fetching),
+            processes=self._processes,
+        )
+        scope.cancel()
+
+    def _processes(self) -> list[tuple[str, int | None]]:
+        """The processes whose CPU counts: the agents still running (not those that left) and the hubs."""
+        named: list[tuple[str, int | None]] = [
+            (n.spec.name, n.process.pid) for n in self.nodes if n.process is not None and not n.left
+        ]
+        return named + [(f"hub{i}", process.pid) for i, process in enumerate(self.hub_processes)]
 
     # ---- tear-down and results ------------------------------------------------------------------------------
 
@@ -373,7 +389,9 @@ class Run:
     def result(self, corrupt: int) -> dict[str, Any]:
         fetching = [n for n in self.nodes if n.spec.fetches]
         done = [n.done_s for n in fetching if n.done_s is not None]
-        bound = lower_bound_s(loopback_standin(self.topo) if self.backend.nat_standin else self.topo)
+        standin = loopback_standin(self.topo) if self.backend.nat_standin else self.topo
+        bound = lower_bound_s(standin)
+        hot_bound = hot_bound_s(standin, self.hot_bytes, FetchSection().discovery_grace_s)
         addresses = Addresses(
             own={n.spec.name: n.address for n in self.nodes},
             seen_as={n.spec.name: self.backend.seen_as(n.spec) for n in self.nodes},
@@ -383,7 +401,12 @@ class Run:
             for n in self.nodes
         }
         last = max(done) if len(done) == len([n for n in fetching if not n.left]) and done else None
+        hot = max((n.hot_s for n in fetching if n.hot_s is not None), default=None)
         image_bytes = self.image_bytes * self.options.images
+        timeline, cpu = self.sampler.timeline, self.sampler.cpu
+        stall = longest_stall(timeline, sum(1 for n in fetching if not n.left))
+        first_chunk = first_hub_chunk_s(timeline, len(fetching) * self.manifest_bytes)
+        agents = [n.spec.name for n in self.nodes]
         return {
             "scenario": self.options.scenario,
             "backend": type(self.backend).__name__.removesuffix("Backend").lower(),
@@ -399,13 +422,28 @@ class Run:
             "last_node_done_s": None if last is None else round(last, 3),
             "lower_bound_s": round(bound, 3),
             "ratio_to_bound": None if last is None or bound <= 0 else round(last / bound, 3),
-            "hot_done_s": max((n.hot_s for n in fetching if n.hot_s is not None), default=None),
-            "errors": [f"{n.spec.name}: {n.error}" for n in fetching if n.error],
+            "hot_done_s": hot,
+            "hot_bytes": self.hot_bytes,
+            "hot_bound_s": round(hot_bound, 3),
+            "hot_ratio_to_bound": None if hot is None or hot_bound <= 0 else round(hot / hot_bound, 3),
+            "longest_stall_s": round(stall.seconds, 3),
+            "longest_stall_start_s": round(stall.start_s, 3),
+            "first_hub_chunk_s": first_chunk,
+            "agent_cpu_s": cpu.total(agents, since_mark=True),
+            "agent_boot_cpu_s": round(cpu.total(agents) - cpu.total(agents, since_mark=True), 2),
+            "hub_cpu_s": cpu.total([f"hub{i}" for i in range(len(self.hub_processes))], since_mark=True),
+            "harness_cpu_s": round(self.harness_cpu_s, 2),
+            "load_average": self.load_average,
+            "errors": self.harness_errors + [f"{n.spec.name}: {n.error}" for n in fetching if n.error],
+            "api_failures": {n.spec.name: n.api_failures for n in self.nodes if n.api_failures},
             "left": [n.spec.name for n in fetching if n.left],
             "corrupt_chunks": corrupt,
             "hub_reasons": {n.spec.name: n.hub_reasons for n in fetching},
             "per_node": per_node,
             "bytes_by_source": totals(per_node),
             "wan": self.wan,
-            "timeline": self.timeline,
+            "sample_s": self.options.sample_s,
+            "sample_errors": self.sampler.errors,
+            "hub_inflight": self.sampler.hub_inflight,
+            "timeline": timeline,
         }

@@ -141,6 +141,17 @@ class ImageSpec:
         """Bytes every fetching node must receive: all images."""
         return self.image_bytes * self.count
 
+    @property
+    def hot_bytes(self) -> int:
+        """Bytes of one image's boot-critical file (``nodeconfig.make_image`` writes at least one byte of it)."""
+        return min(self.image_bytes, max(1, int(self.image_bytes * self.hot_fraction)))
+
+    @property
+    def files(self) -> tuple[tuple[int, bool], ...]:
+        """``(size, hot)`` of every file of every image, as ``nodeconfig.make_image`` writes them."""
+        one = ((self.hot_bytes, True), (self.image_bytes - self.hot_bytes, False))
+        return tuple(f for f in one if f[0] > 0) * self.count
+
 
 @dataclass(frozen=True)
 class WanSpec:

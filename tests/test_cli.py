@@ -183,7 +183,9 @@ async def test_api_and_token_come_from_the_configuration(
         assert json.loads(capsys.readouterr().out)["api_port"] == a.api_port
 
 
-async def test_rfs_fill_outlasts_the_short_call_timeout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_rfs_fill_waits_for_the_whole_fill_not_a_short_call(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from p2pchunks.zos.flistwrite import write_fl
     from p2pchunks.zos.importflist import import_flist
     from p2pchunks.zos.zdbserver import HubRootBackend, open_zdb_server
@@ -198,9 +200,10 @@ async def test_rfs_fill_outlasts_the_short_call_timeout(tmp_path: Path, capsys: 
         await import_flist(flist, hub=zdb_url, out_dir=release, name="vm")
         config = agent_config(tmp_path, zdb_url, name="a", rfs={"cache_dir": str(tmp_path / "rfs")})
         async with agents([config]) as (a,):
-            # The fill's job waits discovery_grace_s (1.5 s) before asking the hub: longer than --timeout.
+            # The fill's job waits discovery_grace_s (1.5 s) before asking the hub: rfs-fill's --timeout is the
+            # fill's (2 h by default), not a short call's.
             manifest = str(release / "manifests" / "vm.p2p")
-            assert await cli("rfs-fill", manifest, "--timeout", "0.3", "--api", api_url(a)) == 0
+            assert await cli("rfs-fill", manifest, "--timeout", "30", "--api", api_url(a)) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["failed"] == {}
     assert report["written"] == 7

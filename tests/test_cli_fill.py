@@ -77,4 +77,4 @@ async def test_a_slow_or_failing_agent_is_named(nursery: trio.Nursery, capsys: p
     assert await run_cli("cache", "--api", api, "ls") == 1
     assert capsys.readouterr().err.strip() == "p2pchunks: GET /cache?limit=50: 500 Internal Server Error"
     assert await run_cli("status", "--api", "http://127.0.0.1:9") == 1
-    assert "cannot reach the agent at http://127.0.0.1:9: ConnectError: " in capsys.readouterr().err
+    assert "cannot reach the agent at http://127.0.0.1:9 (GET /status): ConnectError (" in capsys.readouterr().err

@@ -51,7 +51,13 @@ CASES: list[tuple[str, Wanted, View, Reason | None]] = [
     ("during discovery grace", wanted("x", frozenset({ME})), View(ME, frozenset({ME}), 0.5), None),
     ("ours by rendezvous", wanted(MINE, TRIO), View(ME, TRIO, 2.0), Reason.OWNED),
     ("theirs: wait for the owner", wanted(THEIRS, TRIO), View(ME, TRIO, 2.0), None),
-    ("theirs, owner stalled", wanted(THEIRS, TRIO), View(ME, TRIO, 2.0, stalled_for={A: 100.0}), Reason.OWNER_STALLED),
+    ("theirs, owner stalled", wanted(THEIRS, TRIO), View(ME, TRIO, 20.0, stalled_for={A: 100.0}), Reason.OWNER_STALLED),
+    (
+        "theirs, owner 'idle' only since before the grace ended",
+        wanted(THEIRS, TRIO),
+        View(ME, TRIO, 2.0, stalled_for={A: 100.0}),
+        None,
+    ),
     ("theirs, owner idle, not yet my turn", wanted(THEIRS, TRIO), View(ME, TRIO, 9.0, stalled_for={A: 1.0}), None),
     ("theirs, hot, owner progressing", wanted(THEIRS, TRIO, hot=True), View(ME, TRIO, 2.0), None),
     (

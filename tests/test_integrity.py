@@ -160,13 +160,13 @@ async def test_pieces_completed_while_alerts_were_dropped_are_adopted(tmp_path: 
             for chunk_id in manifest.piece_ids:
                 torrent.inject(chunk_id, (tmp_path / "hub" / "chunks" / chunk_id[:2] / chunk_id[2:4] / chunk_id)
                                .read_bytes())
-            with trio.fail_after(10):
+            with trio.fail_after(DEADLINE):
                 while not all(torrent.has(c) for c in manifest.piece_ids):  # noqa: ASYNC110 - libtorrent's view
                     await trio.sleep(0.02)
             await trio.sleep(0.3)
             assert arrived == []  # the keeper heard nothing
             send.send_nowait(alerts.AlertsDropped(3))
-            with trio.fail_after(10):
+            with trio.fail_after(DEADLINE):
                 while len(arrived) < len(manifest.piece_ids):  # noqa: ASYNC110 - the keeper's flush and adopt
                     await trio.sleep(0.02)
             assert cache.held(manifest.piece_ids) == set(manifest.piece_ids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -36,10 +37,17 @@ async def test_corrupt_answers_of_the_hub_are_counted(tmp_path: Path) -> None:
     assert stats["chunks_from_hub"] == 0
 
 
+@dataclass
+class Hub:
+    """A hub client or pool as the stats see it: its ``stats``, read anew each time."""
+
+    stats: HubClientStats
+
+
 def test_every_hub_client_counts() -> None:
-    main, warm = HubClientStats(corrupt=2), HubClientStats(corrupt=1)
+    main, warm = Hub(HubClientStats(corrupt=2)), Hub(HubClientStats(corrupt=1))
     stats = AgentStats(hubs=[main, warm])
     assert stats.corrupt_from_hub == 3
-    warm.corrupt += 1
+    warm.stats = HubClientStats(corrupt=2)  # a pool's totals are a new object each time
     assert stats.as_json()["corrupt_from_hub"] == 4
     assert "hubs" not in stats.as_json()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from netsim.bound import lower_bound_s
+from netsim.farmqueue import QueueParams
 from netsim.model import ModelParams, predict, waterfill
 from netsim.topology import HubSpec, ImageSpec, NodeSpec, Topology, farm, with_churn
 
@@ -43,9 +44,10 @@ SHAPES = {
 
 @pytest.mark.parametrize("name", SHAPES)
 @pytest.mark.parametrize("swarm", [True, False])
-def test_never_beats_the_lower_bound_and_everyone_finishes(name: str, swarm: bool) -> None:
+@pytest.mark.parametrize("params", [ModelParams(), ModelParams(queue=QueueParams())], ids=["ideal", "queue"])
+def test_never_beats_the_lower_bound_and_everyone_finishes(name: str, swarm: bool, params: ModelParams) -> None:
     t = SHAPES[name] if swarm else Topology(SHAPES[name].hub, SHAPES[name].nodes, SHAPES[name].image, swarm=False)
-    p = predict(t)
+    p = predict(t, params)
     assert math.isfinite(p.last_node_done_s)
     assert p.last_node_done_s >= lower_bound_s(t) * (1 - 1e-9)
     staying = [d for d, n in zip(p.per_node_done_s, t.fetchers, strict=True) if n.leave_s is None]

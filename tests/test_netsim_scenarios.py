@@ -59,3 +59,17 @@ def test_every_scenario_has_a_topology_and_a_finite_bound(name: str) -> None:
 def test_the_command_line_reads_zero_as_uncapped(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["model", "--sizes", "10", "--image-mib", "1", "--up-mbps", "0", "--hub-mbps", "0"]) == 0
     assert '"nodes": 10' in capsys.readouterr().out
+
+
+def test_the_model_command_takes_several_sizes_and_the_farm_queue(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert main(["model", "--nodes", "8", "1000", "--image-mib", "2", "--hub-mbps", "25"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    swarm = [row for row in rows if row["scenario"] == "farm-deploy"]
+    assert [row["nodes"] for row in swarm] == [8, 1000]
+    assert all(row["hub_ratio"] >= 1.0 and row["takeovers"] is not None for row in swarm)
+    assert all(row["first_request_s"] >= 1.0 for row in swarm)  # the discovery grace
+    assert main(["model", "--sizes", "8", "--image-mib", "2", "--ideal"]) == 0
+    (ideal,) = [row for row in json.loads(capsys.readouterr().out) if row["scenario"] == "farm-deploy"]
+    assert ideal["takeovers"] is None

@@ -126,8 +126,10 @@ async def test_hot_chunks_arrive_first(tmp_path: Path) -> None:
         order = report["arrival_order"]
         assert isinstance(order, list)
         positions = sorted(order.index(chunk_id) for chunk_id in hot)
-        # all hot chunks are in the first wave of parallel requests, ahead of the bulk of the image
-        assert positions[-1] < slots, (label, positions, len(order))
+        # all hot chunks come in the first waves of requests (the farm window starts at a few chunks, and a flushed
+        # batch is announced in piece order), ahead of the bulk of the image
+        assert positions[-1] < 2 * slots, (label, positions, len(order))
+        assert 2 * slots < len(order) / 2
 
 
 async def test_strict_nat_nodes_complete_through_a_seed(tmp_path: Path) -> None:

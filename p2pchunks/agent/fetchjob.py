@@ -91,6 +91,8 @@ class FetchReport:
 
 
 MAX_ERRORS = 50
+PEERS_EVERY_S = 0.5
+"""How often a job reads its torrent's peer list (availability and possession: every look)."""
 
 
 class FetchJob:
@@ -147,6 +149,8 @@ class FetchJob:
         self._delivering: set[str] = set()
         self._hub_freed = False
         self._next_start = -math.inf
+        self._peers: tuple[PeerReading, ...] = ()
+        self._peers_read_at = -math.inf
         size = manifest.image_bytes if only is None else sum(map(manifest.chunk_size_of, self._order))
         self.report = FetchReport(manifest.manifest_id, manifest.name, len(self._order), size)
 
@@ -292,11 +296,14 @@ class FetchJob:
                     priorities[self._torrent.piece_of(chunk_id)] = NORMAL
             self._torrent.set_priorities(priorities)
 
-    def _reading(self) -> SwarmReading | None:
+    def _reading(self, now: float) -> SwarmReading | None:
         torrent = self._torrent
         if torrent is None:
             return None
-        peers = tuple(PeerReading(p.ip, p.seed, p.pieces) for p in torrent.peers())
+        if now >= self._peers_read_at + PEERS_EVERY_S:  # walking every connection is the look's dearest part
+            self._peers_read_at = now
+            self._peers = tuple(PeerReading(p.ip, p.seed, p.pieces) for p in torrent.peers())
+        peers = self._peers
         return SwarmReading(
             peers, tuple(torrent.availability()), tuple(torrent.have()), torrent.download_rate(), torrent.seeded()
         )
@@ -311,7 +318,7 @@ class FetchJob:
     _last: SwarmReading | None = None
 
     def _pick(self, pending: dict[str, None], elapsed: float, now: float, nursery: trio.Nursery) -> None:
-        self._last = self._reading()
+        self._last = self._reading(now)
         scope: Iterable[str] = pending if self._window_bytes is None else (c for c in self._window if c in pending)
         candidates = [c for c in scope if self._retries.ready(c, now)]
         hub = self._hub_window

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -26,6 +26,13 @@ class HubCounters(Protocol):
 
     @property
     def corrupt(self) -> int: ...
+
+
+class CountingHub(Protocol):
+    """A hub client or pool; its ``stats`` are read each time (a pool sums its members' anew)."""
+
+    @property
+    def stats(self) -> HubCounters: ...
 
 
 @dataclass
@@ -44,16 +51,16 @@ class AgentStats:
     cache_repairs: int = 0
     hub_reasons: Counter[str] = field(default_factory=Counter)
     api_requests: Counter[str] = field(default_factory=Counter)
-    hubs: list[HubCounters] = field(default_factory=list, repr=False, compare=False)
+    hubs: list[CountingHub] = field(default_factory=list, repr=False, compare=False)
     """The counters of every hub client the agent uses (the main one, the warmer's)."""
 
     @property
     def corrupt_from_hub(self) -> int:
         """Hub answers that did not hash to the chunk id asked for (each try counts)."""
-        return sum(hub.corrupt for hub in self.hubs)
+        return sum(hub.stats.corrupt for hub in self.hubs)
 
     def as_json(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if k != "hubs"}
+        data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "hubs"}
         data["corrupt_from_hub"] = self.corrupt_from_hub
         data["hub_reasons"] = dict(self.hub_reasons)
         data["api_requests"] = dict(self.api_requests)

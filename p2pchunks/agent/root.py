@@ -212,7 +212,7 @@ async def _build(
     nursery: trio.Nursery,
     hints: FarmHints | None,
 ) -> Agent:
-    stats, arrivals, disk = AgentStats(hubs=[hub.stats]), Arrivals(), trio.CapacityLimiter(DISK_THREADS)
+    stats, arrivals, disk = AgentStats(hubs=[hub]), Arrivals(), trio.CapacityLimiter(DISK_THREADS)
     fetch = config.fetch
     datapath = DataPath(cache, hub, swarm, arrivals, stats, peer_wait_s=fetch.peer_wait_s, disk=disk)
     keeper = (
@@ -422,7 +422,7 @@ async def _run_warmer(warmer: Warmer, config: Config, stats: AgentStats) -> None
         timeout=config.fetch.hub_timeout_s,
         rate_bps=config.warm.hub_rate_bps or None,
     ) as warm_hub:
-        stats.hubs.append(warm_hub.stats)
+        stats.hubs.append(warm_hub)
         await warmer.run(warm_hub)
 
 

@@ -28,7 +28,7 @@ IDLE_S = 10.0
 
 async def _measure(work: Path, cache_mib: int, manifests: int) -> dict[str, Any]:
     directory = work / f"cache-{cache_mib}"
-    budget = 4 * cache_mib * 2**20
+    budget = int(1.15 * cache_mib * 2**20)  # a forced gc then evicts down to the low watermark (0.8 of it)
     warm = await trio.to_thread.run_sync(lambda: build_warm_cache(directory, cache_mib * 2**20, manifests,
                                                                  budget_bytes=budget))
     config = write_config(

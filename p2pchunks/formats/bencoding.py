@@ -36,6 +36,10 @@ _I, _L, _D, _E = ord("i"), ord("l"), ord("d"), ord("e")
 # --- encoding -------------------------------------------------------------------------------------------------
 
 
+class Raw(bytes):
+    """Bytes that are already a canonical bencoding: ``bencode`` puts them in as they are."""
+
+
 def bencode(obj: object) -> bytes:
     """The canonical bencoding of ``obj`` (bytes/str/int/list/tuple/dict); :class:`BadManifest` if impossible."""
     out: list[bytes] = []
@@ -69,7 +73,9 @@ def _encode(obj: object, out: list[bytes], depth: int) -> None:
 
 
 def _encode_other(obj: object, out: list[bytes], depth: int) -> None:
-    if isinstance(obj, bytes | bytearray | memoryview):
+    if isinstance(obj, Raw):
+        out.append(bytes(obj))
+    elif isinstance(obj, bytes | bytearray | memoryview):
         raw = bytes(obj)
         out += (b"%d:" % len(raw), raw)
     elif isinstance(obj, str):

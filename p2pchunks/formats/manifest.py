@@ -36,9 +36,9 @@ import nacl.signing
 
 from .. import ids
 from ..errors import BadManifest, BadSignature, ChunkNotFound
-from .bencoding import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ITEMS, bdecode, bencode
+from .bencoding import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ITEMS, Raw, bdecode, bencode
 from .signing import Signature, TrustedKeys, sign, verify
-from .torrentinfo import build_torrent_info, piece_length_for, pieces_of_info
+from .torrentinfo import EncodedInfo, build_torrent_info, piece_length_for, pieces_of_info
 
 __all__ = [
     "FORMAT_VERSION",
@@ -90,13 +90,14 @@ class Manifest:
     chunk_size: int
     files: tuple[FileEntry, ...]
     hot: tuple[str, ...]
-    info: dict[bytes, object] | None
+    info: Mapping[bytes, object] | None
+    """The torrent's info dict (built or decoded as a dict, then kept as an ``EncodedInfo``)."""
     extra: dict[bytes, object] = field(default_factory=dict)
     signature: Signature | None = None
     # Set by validation: the chunk id of each torrent piece, in piece order (libtorrent's: the sorted file tree);
-    # the canonical body bytes (hashed into the id, and signed); the size of each distinct chunk.
+    # the size of each distinct chunk. ``info`` is then kept encoded (``EncodedInfo``): an agent holds every
+    # manifest it knows, and the decoded tree of dicts costs about 1 KiB per chunk.
     piece_ids: tuple[str, ...] = field(init=False, repr=False, compare=False)
-    body_bytes: bytes = field(init=False, repr=False, compare=False)
     _sizes: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -116,10 +117,13 @@ class Manifest:
         else:
             if not sizes:
                 raise BadManifest("manifest has torrent info but no chunks")
-            pieces = pieces_of_info(self.info, sizes)
+            tree = self.info.decoded() if isinstance(self.info, EncodedInfo) else dict(self.info)
+            pieces = pieces_of_info(tree, sizes)
+            if not isinstance(self.info, EncodedInfo):
+                object.__setattr__(self, "info", EncodedInfo(bencode(tree)))
         object.__setattr__(self, "_sizes", sizes)
         object.__setattr__(self, "piece_ids", pieces)
-        object.__setattr__(self, "body_bytes", bencode(self._body()))
+        bencode(self._body())  # the whole body must encode (e.g. no bools in ``extra``)
 
     def __hash__(self) -> int:
         return hash((self.manifest_id, self.signature))
@@ -130,6 +134,11 @@ class Manifest:
 
     # --- derived values ---
 
+    @property
+    def body_bytes(self) -> bytes:
+        """The canonical body (hashed into the id, and signed), encoded anew each time it is asked for."""
+        return bencode(self._body())
+
     @cached_property
     def manifest_id(self) -> str:
         """SHA-256 (hex) of the canonical body: same content, same id; the signature is not part of it."""
@@ -138,7 +147,14 @@ class Manifest:
     @cached_property
     def infohash(self) -> str | None:
         """The BitTorrent v2 infohash (hex), or None when the image has no chunk."""
-        return None if self.info is None else hashlib.sha256(bencode(self.info)).hexdigest()
+        return None if self.info is None else hashlib.sha256(self.info_bytes).hexdigest()
+
+    @property
+    def info_bytes(self) -> bytes:
+        """The canonical bencoding of the info dict (empty when the image has no chunk)."""
+        if self.info is None:
+            return b""
+        return self.info.raw if isinstance(self.info, EncodedInfo) else bencode(self.info)
 
     @cached_property
     def chunk_ids(self) -> tuple[str, ...]:
@@ -191,7 +207,7 @@ class Manifest:
         if self.extra:
             body[b"extra"] = self.extra
         if self.info is not None:
-            body[b"info"] = self.info
+            body[b"info"] = Raw(self.info_bytes)
         return body
 
     def encode(self) -> bytes:

@@ -17,11 +17,12 @@ Must not know: manifests' other fields, networking, the cache, libtorrent.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from .. import ids
 from ..errors import BadManifest
+from .bencoding import bdecode
 
 TORRENT_NAME = b"chunks"
 BLOCK = 16 * 1024
@@ -110,6 +111,7 @@ def pieces_of_info(info: dict[bytes, object], sizes: dict[str, int]) -> tuple[st
     if info[b"piece length"] != expected:
         raise BadManifest(f"info piece length {info[b'piece length']!r} is not {expected}")
     pieces: list[str] = []
+    same = {chunk_id: chunk_id for chunk_id in sizes}
     for ab, level1 in _sorted_dir(info[b"file tree"], "file tree"):
         for cd, level2 in _sorted_dir(level1, ab):
             for name, node in _sorted_dir(level2, f"{ab}/{cd}"):
@@ -126,7 +128,7 @@ def pieces_of_info(info: dict[bytes, object], sizes: dict[str, int]) -> tuple[st
                     raise BadManifest(f"{where}: not a chunk of any file")
                 if leaf[b"length"] != sizes[name]:
                     raise BadManifest(f"{where}: length {leaf[b'length']!r} but the chunk has {sizes[name]} bytes")
-                pieces.append(name)
+                pieces.append(same[name])  # the files' own string: one copy of each id in memory
     if len(pieces) != len(sizes):
         raise BadManifest(f"info has {len(pieces)} pieces for {len(sizes)} distinct chunks")
     return tuple(pieces)
@@ -139,3 +141,37 @@ def _sorted_dir(node: object, where: str) -> list[tuple[str, object]]:
         return [(key.decode("ascii"), node[key]) for key in sorted(node)]
     except (AttributeError, TypeError, UnicodeDecodeError):
         raise BadManifest(f"info {where}: entries must be ASCII byte strings") from None
+
+
+class EncodedInfo(Mapping[bytes, object]):
+    """A torrent info dict kept as its canonical bencoding, decoded only when one of its keys is read."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def decoded(self) -> dict[bytes, object]:
+        tree = bdecode(self.raw, max_size=len(self.raw))
+        assert isinstance(tree, dict)
+        return tree
+
+    def __getitem__(self, key: bytes) -> object:
+        return self.decoded()[key]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.decoded())
+
+    def __len__(self) -> int:
+        return len(self.decoded())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, EncodedInfo):
+            return self.raw == other.raw
+        return isinstance(other, Mapping) and self.decoded() == dict(other)
+
+    def __hash__(self) -> int:
+        return hash(self.raw)
+
+    def __repr__(self) -> str:
+        return f"EncodedInfo({len(self.raw)} bytes)"

@@ -2,7 +2,10 @@
 
 Pure arithmetic over an injected clock; the async ``acquire`` is the only place that sleeps. One bucket may be
 shared by many tasks: each reserves its bytes up front and sleeps until the bucket has paid for them, so the
-long-run rate never exceeds ``rate`` whatever the concurrency.
+long-run rate never exceeds ``rate`` whatever the concurrency. There is no lock and no queue object: a reservation
+is one subtraction, and the sleepers wake in the order they reserved (trio wakes sleepers by deadline), so tasks
+that reserve one piece at a time take turns, first come first served, and none starves. A task cancelled while it
+waits gives its reservation back.
 """
 
 from __future__ import annotations
@@ -37,8 +40,19 @@ class TokenBucket:
         self._tokens -= amount
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
+    def refund(self, amount: int) -> None:
+        """Give back ``amount`` tokens reserved and never used (the bucket never holds more than ``burst``)."""
+        if self.rate is not None and amount > 0:
+            self._tokens = min(self.burst, self._tokens + amount)
+
     async def acquire(self, amount: int) -> None:
-        """Wait until ``amount`` bytes may be sent."""
+        """Wait until ``amount`` bytes may be sent (cancelled while waiting: the reservation is given back)."""
         delay = self.reserve(amount)
-        if delay > 0:
-            await trio.sleep(delay)
+        if delay <= 0:
+            await trio.lowlevel.checkpoint()  # paid by the burst: still let the others reserve in turn
+        else:
+            try:
+                await trio.sleep(delay)
+            except trio.Cancelled:
+                self.refund(amount)
+                raise

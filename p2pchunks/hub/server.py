@@ -3,12 +3,20 @@
 Owns: the hub's routes (``/chunks/<ab>/<cd>/<id>`` as a BEP 19 web seed asks, ``/chunks/<id>``,
 ``/manifests/<name>.p2p``, ``/manifests/``), single-range requests per RFC 9110 (206/416), ETag and
 If-None-Match, the emulation knobs (latency before each answer, a total egress cap shared by every client, an
-outage switch) and the per-client accounting in :class:`~p2pchunks.hubstats.HubStats`.
+outage switch) and the per-client accounting in :class:`~p2pchunks.hub.stats.HubStats`.
 Must not know: agents, caches, torrents. It serves files from a directory laid out as docs/architecture.md says.
 
 Only the data plane (chunks and manifests) is slowed, switched off by ``/_admin/down`` and counted in the stats;
 the control routes (``/_stats``, ``/_stats/reset``, ``/_admin/up|down``) answer at once, so a harness can
-watch and steer the hub without disturbing what it measures. Paths never reach the file system unvalidated: a
+watch and steer the hub without disturbing what it measures.
+
+Scale. A farm of N nodes holds N keep-alive connections or more (each agent's hub client, its web seed), and a grid
+after a release thousands: the hub accepts ``max_connections`` (4,096) at once, and ``p2pchunks hub serve`` raises
+its own open-files limit to match, so a connection never waits in the kernel's backlog behind idle ones (that is
+what kept ``_stats`` from answering for seconds at 64 nodes, when the cap was the HTTP server's default 512). The
+egress cap is shared fairly: every paced body pays for each ``PACED_PIECE_BYTES`` piece in one token bucket, in the
+order the pieces were asked for (``ratelimit``), so N busy connections take turns a piece each and none starves;
+nothing holds a lock while it sends. Paths never reach the file system unvalidated: a
 chunk id is 32 or 64 hex digits and a manifest name a short ``[A-Za-z0-9._@+-]`` word without ``..``.
 """
 
@@ -17,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -28,12 +36,15 @@ import trio
 
 from ..errors import BadChunkId
 from ..extras import missing_extra
-from ..http.server import FileBody, Request, Response, json_response, serve_http
+from ..http.server import FileBody, Request, Response, ServerLimits, json_response, serve_http
 from ..ids import validate_chunk_id
 from .ratelimit import TokenBucket
 from .stats import HubStats
 
-PIECE_BYTES = 64 * 1024
+PACED_PIECE_BYTES = 16 * 1024
+"""The unit of the egress cap's round robin: small enough that 1,000 connections take a turn each within a few
+seconds at 25 Mbit/s, large enough that pacing costs little CPU (one bucket reservation and one send per piece)."""
+MAX_CONNECTIONS = 4096
 _MANIFEST_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._@+-]{0,199}\Z")
 _RANGE_SPEC = re.compile(r"\A([0-9]*)-([0-9]*)\Z")
 _DATA_ROUTES = ("chunks", "manifests")
@@ -117,19 +128,31 @@ class _Manifest:
 
 class HubServer:
     def __init__(
-        self, root: Path, *, latency_ms: float = 0, rate_mbps: float | None = None, stats: HubStats | None = None
+        self,
+        root: Path,
+        *,
+        latency_ms: float = 0,
+        rate_mbps: float | None = None,
+        stats: HubStats | None = None,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.root = Path(root)
+        self.max_connections = max_connections
         self.latency_ms = latency_ms
         self.rate_mbps = rate_mbps
         self.stats = stats if stats is not None else HubStats()
         self.available = True
-        self.egress = TokenBucket(rate_mbps * 1e6 / 8) if rate_mbps else None
-        """The total egress cap (None: unlimited), shareable with a zdb server of the same hub."""
+        self.egress = TokenBucket(rate_mbps * 1e6 / 8, burst=PACED_PIECE_BYTES) if rate_mbps else None
+        """The total egress cap (None: unlimited), shareable with a zdb server of the same hub. Its burst is one piece,
+        as a link's: a bucket that let a tenth of a second of bytes go at once after a pause would make the first
+        chunk after it look several times faster than the link, and the agents size their hub window on exactly that
+        measurement (transfer time per chunk)."""
         self.linked: list[_Switchable] = []
         """Other servers of the same hub that ``/_admin/down|up`` switches too."""
         self._manifests: dict[str, _Manifest] = {}
         self._counting: dict[int, AbstractContextManager[None]] = {}
+        self._streamed: dict[int, list[int]] = {}
+        """Per request in flight: body bytes already counted in ``stats.bytes_out`` while it was paced."""
 
     async def handle(self, request: Request) -> Response:
         """Answer one request (routes in the module docstring)."""
@@ -155,7 +178,10 @@ class HubServer:
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve until cancelled; ``task_status.started(port actually bound)``."""
-        await serve_http(self._handle_counted, host, port, on_sent=self._on_sent, task_status=task_status)
+        limits = ServerLimits(max_connections=self.max_connections)
+        await serve_http(
+            self._handle_counted, host, port, limits=limits, on_sent=self._on_sent, task_status=task_status
+        )
 
     # ---- accounting: a data request is in flight from its arrival until its last byte left ----
 
@@ -172,8 +198,9 @@ class HubServer:
             raise
 
     def _on_sent(self, request: Request, nbytes: int) -> None:
+        streamed = self._streamed.pop(id(request), [0])[0]
         if self._finish(request):
-            self.stats.sent(request.client[0], nbytes)
+            self.stats.sent(request.client[0], nbytes, streamed)
 
     def _finish(self, request: Request) -> bool:
         counting = self._counting.pop(id(request), None)
@@ -260,21 +287,35 @@ class HubServer:
             headers.append(("content-range", f"bytes {decision.start}-{decision.stop - 1}/{size}"))
         length = decision.stop - decision.start
         headers.append(("content-length", str(length)))
-        return Response(decision.status, headers, self._body(source, decision.start, length))
+        return Response(decision.status, headers, self._body(request, source, decision.start, length))
 
-    def _body(self, source: Path | bytes, start: int, length: int) -> FileBody | bytes | AsyncIterator[bytes]:
+    def _body(
+        self, request: Request, source: Path | bytes, start: int, length: int
+    ) -> FileBody | bytes | AsyncIterator[bytes]:
         if self.egress is None:
             return FileBody(source, start, length) if isinstance(source, Path) else source[start : start + length]
-        return _paced(self.egress, source, start, length)
+        streamed = self._streamed.setdefault(id(request), [0])
+
+        def progress(nbytes: int) -> None:
+            streamed[0] += nbytes
+            self.stats.streaming(nbytes)
+
+        return _paced(self.egress, source, start, length, progress)
 
 
-async def _paced(bucket: TokenBucket, source: Path | bytes, start: int, length: int) -> AsyncIterator[bytes]:
-    """``length`` bytes of ``source`` from ``start``, in pieces, each paid for in ``bucket`` before it goes."""
+async def _paced(
+    bucket: TokenBucket, source: Path | bytes, start: int, length: int, progress: Callable[[int], None]
+) -> AsyncIterator[bytes]:
+    """``length`` bytes of ``source`` from ``start``, in pieces, each paid for in ``bucket`` before it goes;
+    ``progress(n)`` once a piece of ``n`` bytes has been taken to be sent (the last one is told by ``on_sent``)."""
     fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC) if isinstance(source, Path) else None
     try:
         position, end = start, start + length
+        previous = 0
         while position < end:
-            size = min(PIECE_BYTES, end - position)
+            if previous:
+                progress(previous)  # asked for the next piece: the server has handed the previous one over
+            size = min(PACED_PIECE_BYTES, end - position)
             if isinstance(source, bytes):
                 piece = source[position : position + size]
             else:
@@ -285,6 +326,7 @@ async def _paced(bucket: TokenBucket, source: Path | bytes, start: int, length: 
             await bucket.acquire(len(piece))
             yield piece
             position += len(piece)
+            previous = len(piece)
     finally:
         if fd is not None:
             os.close(fd)
@@ -303,6 +345,19 @@ def _not_allowed() -> Response:
     return response
 
 
+def raise_open_files(wanted: int) -> int:
+    """Raise this process's soft limit of open files towards ``wanted`` (never above the hard limit, never down);
+    return the soft limit now in force. One connection is one file: 1,000 nodes need more than the usual 1,024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return wanted if soft == resource.RLIM_INFINITY else int(soft)
+    new = wanted if hard == resource.RLIM_INFINITY else min(wanted, int(hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    return new
+
+
 def _base_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
@@ -316,9 +371,10 @@ async def open_hub_server(
     latency_ms: float = 0,
     rate_mbps: float | None = None,
     stats: HubStats | None = None,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> AsyncIterator[tuple[HubServer, str]]:
     """A hub serving ``root`` for the duration of the block: ``(server, "http://host:port/")``."""
-    server = HubServer(root, latency_ms=latency_ms, rate_mbps=rate_mbps, stats=stats)
+    server = HubServer(root, latency_ms=latency_ms, rate_mbps=rate_mbps, stats=stats, max_connections=max_connections)
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(server.serve, host, port)
         yield server, _base_url(host, bound)
@@ -342,6 +398,7 @@ async def serve_hub_forever(
     from ..config.schema import split_hostport
 
     server = HubServer(root, latency_ms=latency_ms, rate_mbps=rate_mbps)
+    raise_open_files(server.max_connections + 256)
     host, port = split_hostport(listen)
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(server.serve, host, port)

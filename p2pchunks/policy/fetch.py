@@ -41,8 +41,9 @@ the farms behind it take about one copy each through their WAN.
 How many chunks a node asks the hub for at once is its hub window's (``hubwindow.py``: delay-based, so that the
 farm as a whole keeps the hub's pipe full and no fuller whatever its size), never more than ``hub_slots``; picks go
 in fetch order (hot first, then the manifest's file order). An agent-wide hub rate budget is applied by the hub
-client. When to ask the hub again after a failure, and when to give up, is ``retry.py``'s; what the swarm looks
-like, ``swarmview.py``'s.
+client. Until the farm holds every hot chunk, only hot chunks go into the farm's queue at the hub: they have its
+pipe to themselves. When to ask the hub again after a failure, and when to give up, is ``retry.py``'s; what the
+swarm looks like, ``swarmview.py``'s.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class Reason(enum.Enum):
 
 @dataclass(frozen=True)
 class FetchParams:
-    discovery_grace_s: float = 1.0
+    discovery_grace_s: float = 0.5
     hot_deadline_s: float = 1.0
     """Least deadline of a hot chunk's owner before the next in line takes it over."""
     owner_stall_s: float = 2.0
@@ -80,7 +81,7 @@ class FetchParams:
     peer_floor_window_s: float = 10.0
     hub_slots: int = 8
     """The most hub requests one job keeps in flight (its hub window may allow fewer)."""
-    settle_s: float = 0.5
+    settle_s: float = 0.3
     """Owned chunks go to the hub only once the candidate set has not changed for this long: nodes that see the
     same peers compute the same owners, so a set still changing would send some chunks to the hub twice."""
 
@@ -188,12 +189,16 @@ def pick_hub_chunks(wanted: Iterable[Wanted], view: View, params: FetchParams) -
     settled = view.stable_for_s >= params.settle_s
     picks: list[HubPick] = []
     missing_before = 0  # chunks earlier in the order that no peer holds (in flight somewhere, or not asked yet)
+    hot_missing = any(chunk.hot and chunk.availability == 0 for chunk in wanted)
     for chunk in sorted(wanted, key=lambda w: w.rank):
         ahead, missing_before = missing_before, missing_before + (chunk.availability == 0)
         if chunk.chunk_id in view.hub_inflight or chunk.chunk_id in view.delivering:
             continue
-        if view.farm_window is not None and chunk.availability == 0 and ahead >= view.farm_window:
-            break  # the farm's queue at the hub is full up to here
+        if view.farm_window is not None and chunk.availability == 0:
+            if ahead >= view.farm_window:
+                break  # the farm's queue at the hub is full up to here
+            if hot_missing and not chunk.hot:
+                break  # boot-critical chunks have the hub to themselves until the farm holds each of them
         reason = _reason(chunk, view, params, alone=alone, peers_slow=peers_slow, settled=settled)
         if reason is not None:
             picks.append(HubPick(chunk.chunk_id, reason))
@@ -218,7 +223,11 @@ def _reason(
         return Reason.ALONE
     if chunk.place == 0:
         return Reason.OWNED if settled else None
-    idle = view.stalled_for.get(chunk.owner, 0.0) if chunk.owner in view.candidates else math.inf
+    if chunk.owner in view.candidates:
+        # nobody completes a piece before the discovery grace is over: an owner is idle from then on, not before
+        idle = min(view.stalled_for.get(chunk.owner, 0.0), view.elapsed_s - params.discovery_grace_s)
+    else:
+        idle = math.inf  # it left
     if idle >= chunk.place * deadline:  # the next in line after one deadline, the one after it after two, ...
         return Reason.HOT_DEADLINE if chunk.hot else Reason.OWNER_STALLED
     return None

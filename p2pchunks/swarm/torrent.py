@@ -38,8 +38,7 @@ class PeerView:
 
 def torrent_info(manifest: Manifest) -> Any:
     """libtorrent's view of the manifest's info dict."""
-    info: Any = manifest.info
-    return lt.torrent_info(lt.bencode({b"info": info}))
+    return lt.torrent_info(b"d4:info" + manifest.info_bytes + b"e")
 
 
 def add_params(manifest: Manifest, save_path: str, have: Collection[str], priorities: list[int]) -> Any:
