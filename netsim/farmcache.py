@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -192,6 +193,7 @@ def quantile(values: list[float], q: float) -> float | None:
 async def run_farm_cache(knobs: Knobs, workdir: Path | None = None) -> dict[str, Any]:
     """Both modes, custody first; the combined result (see ``summary``)."""
     topo = farm_cache_topology(knobs)
+    load = [round(x, 2) for x in os.getloadavg()]
     modes: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="netsim-farm-cache-") as tmp:
         base = workdir or Path(tmp)
@@ -205,7 +207,7 @@ async def run_farm_cache(knobs: Knobs, workdir: Path | None = None) -> dict[str,
             run = FarmCacheRun(topo, options, node_extra=extra)
             run.custody = custody
             modes[label] = await run.execute()
-    return summary(modes, topo.image.image_bytes * knobs.images, knobs)
+    return {**summary(modes, topo.image.image_bytes * knobs.images, knobs), "load_average": load}
 
 
 def summary(modes: dict[str, dict[str, Any]], list_bytes: int, knobs: Any) -> dict[str, Any]:
@@ -286,7 +288,8 @@ def print_summary(result: dict[str, Any], console: Console | None = None) -> Non
     out = console or Console()
     out.print(table)
     out.print(f"deploys' hub bytes with custody / without: {result['deploy_hub_vs_no_custody']}; corrupt chunks: "
-              f"{result['corrupt_chunks']}; last copies evicted: {result['custody_last_copies_evicted']}")  # fmt: skip
+              f"{result['corrupt_chunks']}; last copies evicted: {result['custody_last_copies_evicted']}; load "
+              f"average at the start: {result.get('load_average')}")  # fmt: skip
     for error in result["errors"]:
         out.print(f"[red]error:[/red] {error}", markup=True, highlight=False)
 
