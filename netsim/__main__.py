@@ -115,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 latency_ms=args.latency_ms, window_s=args.window_s))  # fmt: skip
         print(json.dumps(load.as_json(), indent=2))
         return 0 if load.starving == 0 and not load.stats_failures and not load.failed else 1
+    if args.command == "run" and args.scenario == "farm-cache":  # custody on and off: a table of its own
+        from .farmcache import main_farm_cache
+
+        return main_farm_cache(_knobs(args, args.scenario), args.workdir, args.json)
     if args.command == "run":
         result = trio.run(run, args.scenario, _knobs(args, args.scenario), args.workdir)
         _finish([result], args)

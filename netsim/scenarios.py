@@ -11,6 +11,8 @@
                  second goes down too from 1.5 s to 6 s (failover, then a full outage and the resume after it).
 ``churn``        a quarter of the nodes leave mid-deploy and as many fresh ones join.
 ``update-storm`` N nodes warm K official images after a release; staggered (``--stagger-s``) or not.
+``farm-cache``   N nodes with small caches warm a list of K official images, then deploy each in turn: custody on
+                 and off in one run (``farmcache.py``).
 
 Knobs a scenario does not set come from ``SCENARIO_DEFAULTS`` (``knobs_for``): the NAT scenarios give each node a
 gigabit LAN port and each farm's router a slower WAN, as on a real farm (and so their bound means something).
@@ -32,7 +34,9 @@ from .topology import HubSpec, ImageSpec, NodeSpec, Topology, WanSpec, farm
 
 OUTAGE = (1.5, 6.0)
 """hub-outage: when the second hub is down too."""
-SCENARIOS = ("farm-deploy", "hub-only", "nat-behind-seed", "nat-farms", "hub-outage", "churn", "update-storm")
+SCENARIOS = (
+    "farm-deploy", "hub-only", "nat-behind-seed", "nat-farms", "hub-outage", "churn", "update-storm", "farm-cache"
+)
 NAT_SCENARIOS = ("nat-behind-seed", "nat-farms")
 NAT_FARM_SIZE = 4
 """Nodes per farm in ``nat-farms`` when ``--nodes`` is not given."""
@@ -40,6 +44,7 @@ SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
     # a farm: a gigabit LAN behind a router whose WAN is what limits it
     "nat-behind-seed": {"up_mbps": 1000.0, "down_mbps": 1000.0, "wan_mbps": 100.0},
     "nat-farms": {"farms": 3, "up_mbps": 1000.0, "down_mbps": 1000.0, "wan_mbps": 50.0},
+    "farm-cache": {"nodes": 8, "images": 6, "image_mib": 16},
 }
 
 
@@ -142,6 +147,10 @@ def churned(nodes: tuple[NodeSpec, ...]) -> tuple[NodeSpec, ...]:
 
 
 async def run(name: str, knobs: Knobs, workdir: Path | None = None) -> dict[str, Any]:
+    if name == "farm-cache":  # two runs (custody on and off) and a result of its own
+        from .farmcache import run_farm_cache
+
+        return await run_farm_cache(knobs, workdir)
     topo = topology(name, knobs)
     backend: Any = LoopbackBackend()
     if knobs.backend == "netns":

@@ -15,7 +15,7 @@ import pytest
 from p2pchunks.cache.store import ChunkCache, ReconcileReport
 from p2pchunks.errors import BadChunkId, CacheFull, ChunkCorrupt, ChunkNotFound, ManifestNotFound
 from p2pchunks.ids import chunk_id_of
-from p2pchunks.policy.eviction import Pin
+from p2pchunks.policy.eviction import FarmHints, Pin
 
 MANIFEST = "m" * 64
 
@@ -203,6 +203,35 @@ def test_official_evicted_only_as_a_last_resort(make: Callable[..., ChunkCache],
     cache.record_manifest(MANIFEST, "image", ids, Pin.OFFICIAL)
     fill(cache, clock, [50])
     assert [cache.has(i) for i in ids] == [False, False] + [True] * 7
+
+
+def test_the_farms_last_copies_go_only_to_keep_the_budget(make: Callable[..., ChunkCache], clock: Clock) -> None:
+    hints = FarmHints()
+    cache = make(farm=hints)
+    ids = fill(cache, clock, range(9))  # 900 B, ids[0] oldest
+    cache.pin_chunks(ids[:6], Pin.OFFICIAL)  # six custody chunks, pinned directly
+    hints.set_custody(frozenset(ids[:6]))
+    hints.set_replicas({ids[3]: 1, ids[4]: 2, ids[5]: 1, ids[8]: 3})  # ids[0:3]: nobody else holds them
+    big_id, big = chunk(77, 400)  # 1300 B: 500 B must go
+    assert cache.put(big_id, big)
+    # unpinned first (the most farm copies first: 8, then 6, 7), then official ones farm-mates hold (4, then 3)
+    assert [cache.has(i) for i in ids] == [True, True, True, False, False, True, False, False, False]
+    assert cache.last_copies_evicted == 0
+    with cache.protecting([ids[5], big_id]):
+        more_id, more = chunk(78, 200)  # 1000 B: only the farm's last copies could go, and the budget holds
+        assert cache.put(more_id, more)
+        assert all(cache.has(i) for i in ids[:3])
+        with cache.protecting([more_id]):
+            assert cache.gc(force=True).victims == ()  # nor does a gc pass take them
+            last_id, last = chunk(79, 150)  # 1150 B would break the budget: the oldest last copies go
+            assert cache.put(last_id, last)
+    assert [cache.has(i) for i in ids[:3]] == [False, False, True]
+    assert cache.last_copies_evicted == 2
+    assert cache.usage().bytes == 950
+    cache.pin_chunks(ids[:6], Pin.OFFICIAL, drop=True)
+    cache.pin_chunk(ids[7], Pin.USER)
+    cache.pin_chunks([ids[7]], Pin.OFFICIAL, drop=True)  # only exactly-official direct pins are dropped
+    assert (cache.pinned_directly(Pin.OFFICIAL), cache.pin_of(ids[7])) == (set(), Pin.USER)
 
 
 def test_protected_chunks_are_kept_and_cache_full(make: Callable[..., ChunkCache], clock: Clock) -> None:

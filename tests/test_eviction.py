@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from p2pchunks.errors import BadConfig
 from p2pchunks.policy.eviction import (
     Candidate,
+    FarmHints,
     Pin,
     Watermarks,
     effective_budget,
@@ -20,8 +21,10 @@ from p2pchunks.policy.eviction import (
 N, U, OFF = Pin.NONE, Pin.USER, Pin.OFFICIAL
 
 
-def cand(chunk_id: str, size: int = 100, at: float = 0.0, pin: Pin = N) -> Candidate:
-    return Candidate(chunk_id, size, at, pin)
+def cand(
+    chunk_id: str, size: int = 100, at: float = 0.0, pin: Pin = N, replicas: int = 0, last: bool = False
+) -> Candidate:
+    return Candidate(chunk_id, size, at, pin, replicas, last)
 
 
 MARKS = Watermarks(1000, high=0.9, low=0.8)  # high 900 B, low 800 B
@@ -42,6 +45,19 @@ TEN = [cand(chr(ord("a") + i), 100, float(i + 1)) for i in range(10)]
             id="pin-then-lru",
         ),
         pytest.param([], [], id="empty"),
+        pytest.param(
+            [cand("once", at=1, replicas=1), cand("thrice", at=9, replicas=3), cand("never", at=0)],
+            ["thrice", "once", "never"],
+            id="most-farm-copies-first-then-lru",
+        ),
+        pytest.param(
+            [cand("o", at=1, pin=OFF, replicas=5), cand("n", at=9)], ["n", "o"], id="pin-level-before-replicas"
+        ),
+        pytest.param(
+            [cand("last", at=0, pin=OFF, last=True), cand("o", at=9, pin=OFF), cand("u", at=9, pin=U, replicas=2)],
+            ["u", "o", "last"],
+            id="the-farms-last-copy-at-the-very-end",
+        ),
     ],
 )
 def test_eviction_order(candidates: list[Candidate], expected: list[str]) -> None:
@@ -70,6 +86,19 @@ def test_eviction_order(candidates: list[Candidate], expected: list[str]) -> Non
             [cand("o", 500, 1, OFF), cand("n", 500, 9)], 1000, {}, ["n"], 500, 0, id="unpinned-before-older-official"
         ),
         pytest.param([cand("o", 1000, 1, OFF)], 1000, {}, ["o"], 0, 0, id="official-evicted-last-resort"),
+        # the farm's last copies (custody chunks no farm-mate holds): kept while the budget (1000 B) holds
+        pytest.param(
+            [cand("n", 100, 9), cand("last", 500, 1, OFF, last=True), cand("o", 400, 5, OFF, replicas=1)],
+            1000, {}, ["n", "o"], 500, 0, id="last-copy-survives-a-pass",
+        ),
+        pytest.param(
+            [cand("n", 100, 9), cand("l1", 400, 1, OFF, last=True), cand("l2", 500, 2, OFF, last=True)],
+            1000, {}, ["n"], 900, 100, id="last-copies-kept-above-low-watermark",
+        ),
+        pytest.param(
+            [cand("l1", 400, 1, OFF, last=True), cand("l2", 500, 2, OFF, last=True), cand("p", 100, 3)],
+            1000, {"protected": {"p"}, "incoming": 300}, ["l1"], 600, 100, id="last-copy-only-to-keep-the-budget",
+        ),
     ],
 )
 def test_plan_eviction(
@@ -84,6 +113,7 @@ def test_plan_eviction(
     assert [v.chunk_id for v in plan.victims] == victims
     assert (plan.used_before, plan.used_after, plan.shortfall, plan.target) == (used, used_after, shortfall, 800)
     assert plan.freed == used - used_after
+    assert plan.last_copies == sum(1 for v in plan.victims if v.last_copy)
 
 
 def test_nothing_is_evicted_for_being_old() -> None:
@@ -92,13 +122,20 @@ def test_nothing_is_evicted_for_being_old() -> None:
 
 
 @given(
-    sizes=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 5), st.sampled_from(list(Pin)), st.booleans())),
+    sizes=st.lists(
+        st.tuples(
+            st.integers(0, 400), st.integers(0, 5), st.sampled_from(list(Pin)), st.booleans(), st.integers(0, 3),
+            st.booleans(),
+        )
+    ),
     incoming=st.integers(0, 600),
     force=st.booleans(),
 )
-def test_plan_invariants(sizes: list[tuple[int, int, Pin, bool]], incoming: int, force: bool) -> None:
-    candidates = [cand(f"c{i}", size, at, pin) for i, (size, at, pin, _) in enumerate(sizes)]
-    protected = {f"c{i}" for i, (*_, keep) in enumerate(sizes) if keep}
+def test_plan_invariants(sizes: list[tuple[int, int, Pin, bool, int, bool]], incoming: int, force: bool) -> None:
+    candidates = [
+        cand(f"c{i}", size, at, pin, replicas, last) for i, (size, at, pin, _, replicas, last) in enumerate(sizes)
+    ]
+    protected = {f"c{i}" for i, (_, _, _, keep, _, _) in enumerate(sizes) if keep}
     used = sum(c.size for c in candidates)
     plan = plan_eviction(candidates, used, MARKS, protected=protected, incoming=incoming, force=force)
     victims = [v.chunk_id for v in plan.victims]
@@ -113,8 +150,12 @@ def test_plan_invariants(sizes: list[tuple[int, int, Pin, bool]], incoming: int,
         # the last victim was needed: without it the total was still above the target
         assert plan.used_after + plan.victims[-1].size + incoming > MARKS.low_bytes
         assert plan.shortfall == max(0, plan.used_after + incoming - MARKS.low_bytes)
-        if plan.shortfall:
-            assert len(victims) == len(evictable)
+        if plan.victims[-1].last_copy:  # a last copy goes only while the budget itself is exceeded
+            assert plan.used_after + plan.victims[-1].size + incoming > MARKS.budget_bytes
+    kept = [c for c in eviction_order(candidates) if c.chunk_id in set(evictable[len(victims) :])]
+    if plan.shortfall and kept:  # what stays though the target is missed: only the farm's last copies
+        assert all(c.last_copy for c in kept)
+        assert plan.used_after + incoming <= MARKS.budget_bytes
 
 
 @pytest.mark.parametrize(
@@ -200,3 +241,22 @@ def test_explain_nothing_to_do() -> None:
     lines = explain(plan_eviction(TEN[:5], 500, MARKS))
     assert "nothing is evicted" in lines[0]
     assert lines[-1] == "0 chunks, 0 B freed: 500 B -> 500 B (target 800 B)"
+
+
+def test_farm_hints_annotate_replicas_and_last_copies() -> None:
+    hints = FarmHints()
+    plain = [cand("a"), cand("b"), cand("c")]
+    assert hints.annotate(plain) == plain  # nothing known: as today
+    hints.set_replicas({"a": 2, "b": 0})
+    hints.set_custody(frozenset({"b", "c", "elsewhere"}))
+    annotated = {c.chunk_id: (c.replicas, c.last_copy) for c in hints.annotate(plain)}
+    assert annotated == {"a": (2, False), "b": (0, True), "c": (0, True)}
+    hints.set_replicas({"c": 1})  # a farm-mate now holds c: no longer the last copy
+    assert {c.chunk_id: c.last_copy for c in hints.annotate(plain)} == {"a": False, "b": True, "c": False}
+
+
+def test_explain_says_farm_copies_and_last_copies() -> None:
+    candidates = [cand("r", 100, 0.0, replicas=2), cand("l", 1100, 0.0, OFF, last=True)]
+    lines = explain(plan_eviction(candidates, 1200, MARKS))  # 1100 B after r is still over the 1000 B budget
+    assert lines[1] == "#1 evict r: 100 B, unpinned, 2 farm copies, last access 1970-01-01 00:00:00Z"
+    assert lines[2].startswith("#2 evict l: 1100 B, official image, the farm's last copy")

@@ -145,9 +145,10 @@ async def test_alone_every_chunk_comes_from_the_hub_hot_first_within_the_slots(
     assert set(m.hot) <= set(report.arrival_order[:4])
     assert hub.peak <= 4
     assert report.hub_reasons == {"ALONE": 12}
-    hot_phase, rest = torrent.pushed[0], torrent.pushed[-1]
+    hot_phase, rest, end = torrent.pushed[0], torrent.pushed[-2], torrent.pushed[-1]
     assert hot_phase == [TOP] * 3 + [0] * 9  # until the hot chunks are in, peers are asked for nothing else
     assert rest == [TOP] * 3 + [NORMAL] * 9
+    assert end == [0] * 12  # at its end the job wants nothing: an evicted piece is not fetched again
 
 
 async def test_a_chunk_a_peer_holds_is_left_to_the_peer(autojump_clock: trio.testing.MockClock) -> None:
@@ -261,3 +262,42 @@ async def test_a_window_fetches_only_what_the_consumer_has_room_for(autojump_clo
     assert all(rank[c] < 2 + n for n, (_, c) in enumerate(hub.asked))  # in order, as room frees up
     assert sorted(protected) == sorted(released) == sorted(m.chunk_ids)  # every protection released
     assert all(sum(p) <= 2 * NORMAL for p in torrent.pushed)  # libtorrent never wants more than the window
+
+
+async def test_a_job_over_a_subset_fetches_orders_and_reports_only_those(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    m = manifest(12, hot=3)
+    only = {m.chunk_ids[1], *m.chunk_ids[5:9]}  # one hot chunk and four others
+    hub, torrent, arrivals = ScriptedHub(), FakeTorrent(m), Arrivals()
+    report = await job_for(m, hub, torrent, arrivals, only=only).run()
+    assert {c for _, c in hub.asked} == only
+    assert len(hub.asked) == len(only)  # each once
+    assert (report.chunks, report.done, report.image_bytes) == (5, 5, 5 * SIZE)
+    asked_at = {c: t for t, c in hub.asked}
+    assert asked_at[m.chunk_ids[1]] == min(asked_at.values())  # the hot one in the first batch (fetch order)
+    pieces = {torrent.piece_of(c) for c in only}
+    for pushed in torrent.pushed:  # libtorrent is never asked for a chunk outside the subset
+        assert {piece for piece, priority in enumerate(pushed) if priority} <= pieces
+    assert [p for p, priority in enumerate(torrent.pushed[-2]) if priority] == sorted(pieces)
+
+
+async def test_a_subset_job_widened_to_the_whole_image_fetches_the_rest(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    m = manifest(10)
+    only = set(m.chunk_ids[:3])
+    hub, torrent, arrivals = ScriptedHub(delay=1.0), FakeTorrent(m), Arrivals()
+    job = job_for(m, hub, torrent, arrivals, only=only)
+
+    async def widen_later() -> None:
+        await trio.sleep(0.5)
+        assert job.widen(None)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(widen_later)
+        report = await job.run()
+    assert {c for _, c in hub.asked} == set(m.chunk_ids)
+    assert (report.chunks, report.done, report.image_bytes) == (10, 10, 10 * SIZE)
+    assert sum(1 for priority in torrent.pushed[-2] if priority) == 10
+    assert not job.widen({m.chunk_ids[0]})  # an ended job takes nothing more: the caller starts another

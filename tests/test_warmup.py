@@ -156,6 +156,7 @@ async def test_the_warmer_fetches_pins_waits_its_delay_and_respects_its_hub_budg
                 "hub_rate_bps": budget,
                 "refresh_s": 3600.0,
             },
+            custody={"enabled": False},  # every image whole, pinned as a manifest (custody: tests/test_custody_agents)
         )
         delay = start_delay(config.swarm.listen.rsplit(":", 1)[0], 1, 2.0)
         started = trio.current_time()

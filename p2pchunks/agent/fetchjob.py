@@ -9,6 +9,10 @@ Streaming. An image larger than the cache can still be fetched to a file or to t
 through a *window* of the fetch order (``window_bytes`` of chunks not yet consumed): only those are wanted from
 peers and the hub and kept from eviction, and each chunk the consumer has written out (``consumed``) makes room
 for the next. Without a window every chunk is wanted and kept until the job ends.
+
+A subset. A job may fetch only some chunks of its manifest (``only``: the warm-up's custody share): its fetch
+order, window, priorities and report then cover only those. A request for more of the image that finds such a job
+running widens it (``widen``) instead of starting a second job on the same torrent.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -109,6 +113,7 @@ class FetchJob:
         retries: HubRetries | None = None,
         hub_window: HubWindow | None = None,
         window_bytes: int | None = None,
+        only: Collection[str] | None = None,
         protect: Protect = lambda ids: None,
         release: Protect = lambda ids: None,
         tick_s: float = 0.1,
@@ -129,9 +134,12 @@ class FetchJob:
         self._tick = tick_s
         self._clock = clock
         self._inflight: set[str] = set()
-        self._order = fetch_order(manifest.hot, manifest.chunk_ids)
+        self._order = [c for c in fetch_order(manifest.hot, manifest.chunk_ids) if only is None or c in only]
         self._rank = {chunk_id: i for i, chunk_id in enumerate(self._order)}
-        self._hot = frozenset(manifest.hot)
+        self._hot = frozenset(manifest.hot).intersection(self._order)
+        self._widening: list[str] = []
+        self._closing = False
+        """The run left its loop: nothing can be added to it any more."""
         self._consumed: set[str] = set()
         self._kept: set[str] = set()
         self._window: list[str] = []
@@ -143,7 +151,8 @@ class FetchJob:
         self._next_start = -math.inf
         self._peers: tuple[PeerReading, ...] = ()
         self._peers_read_at = -math.inf
-        self.report = FetchReport(manifest.manifest_id, manifest.name, len(self._order), manifest.image_bytes)
+        size = manifest.image_bytes if only is None else sum(map(manifest.chunk_size_of, self._order))
+        self.report = FetchReport(manifest.manifest_id, manifest.name, len(self._order), size)
 
     # ---- the consumer's side (streaming) --------------------------------------------------------------------------
 
@@ -155,6 +164,39 @@ class FetchJob:
                 self._kept.discard(chunk_id)
                 self._release([chunk_id])
                 self._dirty = True
+
+    def widen(self, chunk_ids: Collection[str] | None) -> bool:
+        """Fetch these chunks of the manifest too (None: every chunk), from the job's next turn on. False if the job
+        is already ending: the caller waits for it and starts another."""
+        if self._closing:
+            return False
+        queued = set(self._widening)
+        self._widening.extend(
+            c for c in self.manifest.chunk_ids
+            if c not in self._rank and c not in queued and (chunk_ids is None or c in chunk_ids)
+        )  # fmt: skip
+        return True
+
+    async def _grow(self, pending: dict[str, None]) -> None:
+        """Take the chunks ``widen`` queued into the fetch order (those already cached count as from the cache)."""
+        new, self._widening = self._widening, []
+        fresh = set(new)
+        full = fetch_order(self.manifest.hot, self.manifest.chunk_ids)
+        self._order = [c for c in full if c in self._rank or c in fresh]
+        self._rank = {chunk_id: i for i, chunk_id in enumerate(self._order)}
+        self._hot = frozenset(self.manifest.hot).intersection(self._order)
+        missing = set(await self._missing(new))
+        report = self.report
+        report.chunks = len(self._order)
+        report.image_bytes += sum(map(self.manifest.chunk_size_of, new))
+        for chunk_id in new:
+            if chunk_id in missing:
+                pending[chunk_id] = None
+            else:
+                report.from_cache += 1
+                report.arrival_order.append(chunk_id)
+        self._pushed = None  # the torrent's priorities change with the order
+        self._slide(pending)
 
     # ---- the run --------------------------------------------------------------------------------------------------
 
@@ -170,7 +212,10 @@ class FetchJob:
                 failure: JobFailed | None = None
                 next_look = self._clock()
                 async with trio.open_nursery() as nursery:
-                    while pending:
+                    while pending or self._widening:
+                        if self._widening:
+                            await self._grow(pending)
+                            continue
                         now = self._clock()
                         if now >= next_look or self._hub_freed:
                             # The look reads libtorrent and walks every pending chunk: once a tick, or as soon as a
@@ -191,12 +236,16 @@ class FetchJob:
                             self._slide(pending)
                         if report.hot_seconds is None and self._hot.isdisjoint(pending):
                             report.hot_seconds = self._clock() - start
+                    self._closing = True
                     nursery.cancel_scope.cancel()
                 if failure is not None:
                     raise failure
         finally:
+            self._closing = True
             self._release(list(self._kept))
             self._kept.clear()
+            if self._torrent is not None:  # nothing is wanted any more: a piece evicted later is not fetched again
+                self._torrent.set_priorities([0] * self._torrent.pieces)
             report.seconds = self._clock() - start
         if report.hot_seconds is None:
             report.hot_seconds = report.seconds

@@ -1,6 +1,7 @@
 """Jobs: whole manifests fetched in the background, each a ``FetchJob`` in the agent's nursery.
 
-Owns starting a job (one running job per manifest: asking again joins it), deciding whether an image fits the
+Owns starting a job (one running job per manifest: asking again joins it, and asking for more of the image than a
+running job covers widens it), deciding whether an image fits the
 cache at all (or streams through it, when the caller writes it out as it arrives, or is refused before the first
 byte with a message naming the image's size and the cache's), the job's deadline, and a bounded history of
 finished jobs. Must not know HTTP or the policy's rules.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,8 @@ class Job:
     done: trio.Event = field(default_factory=trio.Event)
     fetch: FetchJob | None = None
     torrent: TorrentLike | None = None
+    only: frozenset[str] | None = None
+    """The chunks of the manifest this job fetches (None: all of them)."""
 
     @property
     def report(self) -> FetchReport | None:
@@ -119,9 +122,15 @@ class JobTable:
         )
 
     async def start(
-        self, ref: str, *, pin: Pin = Pin.NONE, hub: ChunkSource | None = None, stream: bool = False
+        self,
+        ref: str,
+        *,
+        pin: Pin = Pin.NONE,
+        hub: ChunkSource | None = None,
+        stream: bool = False,
+        only: Collection[str] | None = None,
     ) -> Job:
-        """Start fetching a whole manifest; the returned job's ``done`` fires at its end.
+        """Start fetching a whole manifest (``only``: just these of its chunks); the job's ``done`` fires at its end.
 
         ``hub``: another hub (the warmer's, with its own budget) for this job; ``stream``: the caller writes the
         image out as it arrives (``Job.consumed``), so an image larger than the cache may stream through it.
@@ -129,11 +138,18 @@ class JobTable:
         """
         manifest = await self._resolve(ref)
         await self._remember(manifest, pin)
-        for job in self._jobs.values():
-            if job.manifest.manifest_id == manifest.manifest_id and job.state == "running":
+        wanted = None if only is None else frozenset(only)
+        for job in list(self._jobs.values()):
+            if job.manifest.manifest_id != manifest.manifest_id or job.state != "running":
+                continue
+            if job.only is None or (wanted is not None and wanted <= job.only):
                 return job
-        window = await self._window(manifest, stream)
-        job = Job(self._next_id, manifest, pin, streaming=window is not None)
+            if job.fetch is not None and job.fetch.widen(wanted):
+                job.only = None if wanted is None else job.only | wanted
+                return job
+            await job.done.wait()  # it was ending: a new job takes the rest
+        window = await self._window(manifest, stream, wanted)
+        job = Job(self._next_id, manifest, pin, streaming=window is not None, only=wanted)
         self._next_id += 1
         self._jobs[job.id] = job
         self._forget_old()
@@ -152,15 +168,16 @@ class JobTable:
             retries=HubRetries(give_up_s=self._settings.give_up_s),
             hub_window=self.hub_window,
             window_bytes=window,
+            only=wanted,
             protect=self._cache.protect,
             release=self._cache.release,
         )
         self._nursery.start_soon(self._run, job)
         return job
 
-    async def _window(self, manifest: Manifest, stream: bool) -> int | None:
-        """None if the missing chunks fit the cache; else the streaming window (or CacheFull)."""
-        missing = await self._missing(list(dict.fromkeys(manifest.chunk_ids)))
+    async def _window(self, manifest: Manifest, stream: bool, only: frozenset[str] | None) -> int | None:
+        """None if the missing chunks (of ``only``) fit the cache; else the streaming window (or CacheFull)."""
+        missing = await self._missing([c for c in manifest.chunk_ids if only is None or c in only])
         need = sum(manifest.chunk_size_of(chunk_id) for chunk_id in missing)
         room = await trio.to_thread.run_sync(self._cache.room_for)
         if need <= room:

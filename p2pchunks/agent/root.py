@@ -8,9 +8,12 @@ nothing outlives the block: leaving it cancels every task, stops the swarm and c
 Wiring, in the order the data flows:
 
     hub client ─┐                         ┌─ piece keeper (libtorrent's news ↔ the cache's index, bans)
-    swarm ──────┼─ data path (chunk, deliver) ─ jobs (fetch jobs) ─ warmer (official list)
+    swarm ──────┼─ data path (chunk, deliver) ─ jobs (fetch jobs) ─ warmer (official list, custody)
     cache ──────┘        │                                          API, tracker, zdb proxy (listeners)
                          └─ repairs (damaged chunks fetched again)   scrubber (files re-hashed in turn)
+    farm view (members, replicas) ─ FarmHints ─ the cache's eviction; its members ─ the warmer's custody
+
+The ``FarmHints`` snapshot is made before the cache (which reads it from its threads) and filled by the farm view.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from ..formats.manifest import Manifest
 from ..formats.seedlist import shipped_list
 from ..http.server import ServerLimits, bound_port, open_listeners, serve_http, serve_listeners
 from ..hub.pool import HubPool
-from ..policy.eviction import Pin
+from ..policy.eviction import FarmHints, Pin
 from ..policy.fetch import FetchParams
 from ..swarm import alerts
 from ..swarm.session import Swarm, SwarmSettings, open_swarm
@@ -40,6 +43,7 @@ from ..swarm.tracker import Tracker, known_among
 from .api import MAX_BODY, Api, ApiServices, check_exposure
 from .arrivals import Arrivals, Source
 from .datapath import ChunkSource, DataPath
+from .farm import FarmView
 from .fill import fill_rfs_cache
 from .jobs import Job, JobSettings, JobTable
 from .manifests import ManifestBook
@@ -49,7 +53,7 @@ from .repair import Repairs
 from .scrubber import Scrubber
 from .status import agent_status, gauges
 from .swarmconfig import swarm_settings, trusted_keys, with_bootstrap
-from .warmer import Warmer, WarmSettings
+from .warmer import CustodyRole, Warmer, WarmSettings
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,7 @@ class Agent:
     warmer: Warmer | None
     tracker: Tracker | None
     ports: Ports
+    farm: FarmView | None = None
 
     # A few doors the CLI, tests and netsim use, each one call to the service that owns it.
 
@@ -161,6 +166,8 @@ async def open_agent(config: Config, *, swarm: bool | None = None) -> AsyncItera
         require("p2pchunks.zos.rfsproxy", f"rfs.http_listen = {config.rfs.http_listen!r}")
     section, fetch = config.cache, config.fetch
     directory = Path(config.agent.cache_dir)
+    custody = config.custody.enabled and use_swarm and config.warm.official and config.agent.mode != "seed"
+    hints = FarmHints() if custody else None
     cache = await trio.to_thread.run_sync(
         lambda: ChunkCache(
             directory,
@@ -168,6 +175,7 @@ async def open_agent(config: Config, *, swarm: bool | None = None) -> AsyncItera
             budget_percent=section.budget_percent,
             high=section.high_watermark,
             low=section.low_watermark,
+            farm=hints,
         )
     )
     try:
@@ -185,7 +193,7 @@ async def open_agent(config: Config, *, swarm: bool | None = None) -> AsyncItera
                 settings = with_bootstrap(swarm_settings(config), config)
                 session = await stack.enter_async_context(open_swarm(settings, directory, events_send.send_nowait))
             async with trio.open_nursery() as nursery:
-                agent = await _build(config, cache, hub, session, events, directory, nursery)
+                agent = await _build(config, cache, hub, session, events, directory, nursery, hints)
                 try:
                     yield agent
                 finally:
@@ -202,6 +210,7 @@ async def _build(
     events: trio.MemoryReceiveChannel[alerts.SwarmEvent],
     directory: Path,
     nursery: trio.Nursery,
+    hints: FarmHints | None,
 ) -> Agent:
     stats, arrivals, disk = AgentStats(hubs=[hub]), Arrivals(), trio.CapacityLimiter(DISK_THREADS)
     fetch = config.fetch
@@ -280,12 +289,23 @@ async def _build(
 
         host, port = split_hostport(config.rfs.http_listen)
         rfs_http_port = await nursery.start(serve_rfs_store, datapath.chunk, datapath.size_of, host, port)
-    warmer = _warmer(config, manifests, jobs, cache, me) if config.warm.official else None
+    farm: FarmView | None = None
+    role: CustodyRole | None = None
+    warmer: Warmer | None = None
+
+    def official() -> list[Manifest]:
+        return warmer.official if warmer is not None else []
+
+    if hints is not None and swarm is not None:
+        farm, role = _custody(config, swarm, cache, hints, me, join, official)
+    if config.warm.official:
+        warmer = _warmer(config, manifests, jobs, cache, me, role)
     swarm_port = swarm.listen_port if swarm else None
     ports = Ports(bound_port(api_listeners), swarm_port, tracker_port, zdb_port, rfs_http_port)
     agent = Agent(
-        config, cache, hub, swarm, stats, arrivals, datapath, manifests, jobs, repairs, scrubber, warmer, tracker, ports
-    )
+        config, cache, hub, swarm, stats, arrivals, datapath, manifests, jobs, repairs, scrubber, warmer, tracker,
+        ports, farm,
+    )  # fmt: skip
 
     api = Api(
         ApiServices(
@@ -304,6 +324,8 @@ async def _build(
     await nursery.start(partial(serve_listeners, api.handle, api_listeners, limits=limits))
     await manifests.load_known()
     repairs.ready.set()
+    if farm is not None:
+        await nursery.start(farm.run)
     if warmer is not None:
         nursery.start_soon(_run_warmer, warmer, config, stats)
     return agent
@@ -328,7 +350,55 @@ def _fetch_params(config: Config) -> FetchParams:
     )
 
 
-def _warmer(config: Config, manifests: ManifestBook, jobs: JobTable, cache: ChunkCache, me: Any) -> Warmer:
+def _custody(
+    config: Config,
+    swarm: Swarm,
+    cache: ChunkCache,
+    hints: FarmHints,
+    me: Any,
+    join: Any,
+    official: Any,
+) -> tuple[FarmView, CustodyRole]:
+    """The farm view, and what the warmer needs to warm by custody."""
+    section = config.custody
+    farm = FarmView(
+        torrents=lambda: swarm.torrents.values(),
+        official=official,
+        held=lambda ids: trio.to_thread.run_sync(cache.held, ids),
+        me=me,
+        hints=hints,
+        hold_s=section.hold_s,
+        copies=section.copies,
+        refresh_s=section.refresh_s,
+    )
+
+    async def pin(chunk_ids: Any, drop: bool) -> None:
+        await trio.to_thread.run_sync(lambda: cache.pin_chunks(chunk_ids, Pin.OFFICIAL, drop=drop))
+
+    async def unofficial(manifest_id: str) -> None:
+        def lower() -> None:
+            if any(mid == manifest_id and pin is Pin.OFFICIAL for mid, _, pin in cache.manifests()):
+                cache.set_manifest_pin(manifest_id, Pin.NONE)
+
+        await trio.to_thread.run_sync(lower)
+
+    role = CustodyRole(
+        farm,
+        copies=section.copies,
+        share=section.share,
+        settle_s=section.settle_s,
+        budget=lambda: cache.marks.budget_bytes,
+        join=join,
+        pin=pin,
+        pinned=lambda: trio.to_thread.run_sync(cache.pinned_directly, Pin.OFFICIAL),
+        unofficial=unofficial,
+    )
+    return farm, role
+
+
+def _warmer(
+    config: Config, manifests: ManifestBook, jobs: JobTable, cache: ChunkCache, me: Any, role: CustodyRole | None
+) -> Warmer:
     official = config.warm.official_file
     settings = WarmSettings(
         list_path=Path(official) if official else shipped_list("official.toml"),
@@ -340,13 +410,10 @@ def _warmer(config: Config, manifests: ManifestBook, jobs: JobTable, cache: Chun
     async def unpin(manifest_id: str) -> None:
         await trio.to_thread.run_sync(cache.set_manifest_pin, manifest_id, Pin.NONE)
 
-    return Warmer(
-        settings,
-        resolve=manifests.resolve,
-        fetch=lambda ref, pin, hub: jobs.start(ref, pin=pin, hub=hub),
-        unpin=unpin,
-        me=me,
-    )
+    async def fetch(ref: str, pin: Pin, hub: ChunkSource, only: Any) -> Job:
+        return await jobs.start(ref, pin=pin, hub=hub, only=only)
+
+    return Warmer(settings, resolve=manifests.resolve, fetch=fetch, unpin=unpin, me=me, custody=role)
 
 
 async def _run_warmer(warmer: Warmer, config: Config, stats: AgentStats) -> None:

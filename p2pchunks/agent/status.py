@@ -26,6 +26,8 @@ def gauges(agent: Agent) -> dict[str, float]:
         "jobs_running": agent.jobs.running(),
         "scrub_passes": agent.scrubber.progress.passes,
         "scrub_checked_bytes": agent.scrubber.progress.checked_bytes,
+        "custody_last_copies_evicted": agent.cache.last_copies_evicted,
+        **_custody_gauges(agent),
     }
 
 
@@ -40,6 +42,32 @@ def swarm_gauges(swarm: Swarm | None) -> dict[str, float]:
         "flood_blocked_now": len(swarm.guard.blocked),
         "flood_blocks": swarm.guard_blocks,
     }
+
+
+def _custody_gauges(agent: Agent) -> dict[str, float]:
+    """This node's custody and the farm's copies of the official list's chunks (only when custody runs)."""
+    farm, custody = agent.farm, agent.warmer.custody_json() if agent.warmer else None
+    if farm is None:
+        return {}
+    out: dict[str, float] = {"farm_members": len(farm.members())}
+    out.update({f"farm_chunks_with_{key.replace('+', '_or_more')}_copies": n for key, n in farm.histogram.items()})
+    if custody is not None:
+        out.update(
+            custody_images=len(custody["images"]),
+            custody_chunks=custody["chunks"],
+            custody_bytes=custody["bytes"],
+            custody_images_left_out=len(custody["left_out"]),
+        )
+    return out
+
+
+def custody_status(agent: Agent) -> dict[str, Any] | None:
+    """``/status`` → ``custody``: this node's custody (images, chunks, bytes, what the share left out) and the farm
+    as it sees it (members, how many chunks of the official list have 0, 1, 2, 3+ farm copies)."""
+    if agent.farm is None:
+        return None
+    plan = agent.warmer.custody_json() if agent.warmer else None
+    return {**(plan or {"images": [], "chunks": 0, "bytes": 0, "left_out": []}), "farm": agent.farm.as_json()}
 
 
 def agent_status(agent: Agent) -> dict[str, Any]:
@@ -76,4 +104,5 @@ def agent_status(agent: Agent) -> dict[str, Any]:
             "version": warmer.warmed_version,
             "errors": list(warmer.errors)[-10:],
         },
+        "custody": custody_status(agent),
     }

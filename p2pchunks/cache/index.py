@@ -209,6 +209,28 @@ class CacheIndex:
             else:
                 self._db.execute("INSERT OR REPLACE INTO pins VALUES (?, ?)", (chunk_id, int(pin)))
 
+    def pin_chunks(self, chunk_ids: Iterable[str], pin: Pin) -> None:
+        """Pin chunks directly at ``pin`` (one transaction)."""
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO pins VALUES (?, ?)", ((c, int(pin)) for c in chunk_ids))
+
+    def unpin_chunks(self, chunk_ids: Iterable[str], pin: Pin) -> None:
+        """Drop the direct pins of ``chunk_ids`` that are exactly ``pin`` (others stay)."""
+        with self._db:
+            self._db.executemany("DELETE FROM pins WHERE chunk_id = ? AND pin = ?", ((c, int(pin)) for c in chunk_ids))
+
+    def pinned_directly(self, pin: Pin) -> set[str]:
+        return {row[0] for row in self._db.execute("SELECT chunk_id FROM pins WHERE pin = ?", (int(pin),))}
+
     def pin_of(self, chunk_id: str) -> Pin:
         (pin,) = self._db.execute(f"SELECT {PIN_SQL} FROM (SELECT ? AS id) c", (chunk_id,)).fetchone()
         return Pin(pin)
+
+
+def read_held(path: Path) -> set[str]:
+    """The chunk ids indexed in the index file at ``path``, read without writing (another process may own it)."""
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return {row[0] for row in db.execute("SELECT id FROM chunks")}
+    finally:
+        db.close()

@@ -3,7 +3,8 @@
 Owns: the files under ``<directory>/chunks/ab/cd/<id>`` (the rfs layout, shared with libtorrent, which reads and
 writes the same files), atomic verified writes, protection of chunks in use, applying the eviction plan, and the
 index (``<directory>/index.sqlite3``, :mod:`p2pchunks.cache.index`). Keeping the files honest — verified reads,
-the scrub, reconciling at start-up — is :mod:`p2pchunks.cache.integrity`'s half of the same class. It must not
+the scrub, reconciling at start-up — is :mod:`p2pchunks.cache.integrity`'s half of the same class, pins and
+manifest references :mod:`p2pchunks.cache.pins`'s; what the farm holds comes in as ``FarmHints``. It must not
 know HTTP or libtorrent: it learns of libtorrent's files through ``adopt`` and tells whoever listens (the swarm)
 of every chunk that leaves the index, evicted or found damaged.
 
@@ -36,9 +37,10 @@ from typing import Literal
 from ..errors import CacheFull, ChunkCorrupt, ChunkNotFound
 from ..files import fsync_dir, write_temp
 from ..ids import Verifier, chunk_relpath, default_verifier, validate_chunk_id
-from ..policy.eviction import EvictionPlan, Pin, Watermarks, effective_budget, plan_eviction
+from ..policy.eviction import EvictionPlan, FarmHints, Watermarks, effective_budget, plan_eviction
 from .index import CacheEntry, CacheIndex
 from .integrity import Integrity, ReconcileReport, ScrubReport, file_stamp
+from .pins import Pins
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def _disk_full(chunk_id: str, size: int, detail: str | None) -> CacheFull:
     return CacheFull(f"chunk {chunk_id} ({size} B) does not fit: the cache's disk is full ({detail})")
 
 
-class ChunkCache(Integrity):
+class ChunkCache(Integrity, Pins):
     def __init__(
         self,
         directory: Path,
@@ -73,6 +75,7 @@ class ChunkCache(Integrity):
         verifier: Verifier = default_verifier,
         clock: Callable[[], float] = time.time,
         fsync: bool = True,
+        farm: FarmHints | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.chunk_dir = self.directory / "chunks"
@@ -94,6 +97,9 @@ class ChunkCache(Integrity):
         self._closed = False
         self.damaged_found = 0
         """Indexed chunks whose file was found damaged (by a read, the scrub or a reconcile) and dropped."""
+        self.farm = farm or FarmHints()
+        self.last_copies_evicted = 0
+        """Chunks evicted that were the farm's last copy of this node's custody (only to keep the budget)."""
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
 
@@ -295,37 +301,6 @@ class ChunkCache(Integrity):
             path.unlink(missing_ok=True)
         return True
 
-    # ---- manifests and pins --------------------------------------------------------------------------------
-
-    def record_manifest(self, manifest_id: str, name: str, chunk_ids: Iterable[str], pin: Pin = Pin.NONE) -> None:
-        """Reference ``chunk_ids`` (present or not) from a manifest. Never lowers an existing pin of it."""
-        ids = [validate_chunk_id(chunk_id) for chunk_id in chunk_ids]
-        with self._lock:
-            self._index.record_manifest(manifest_id, name, ids, pin)
-
-    def set_manifest_pin(self, manifest_id: str, pin: Pin) -> None:
-        with self._lock:
-            self._index.set_manifest_pin(manifest_id, pin)
-
-    def forget_manifest(self, manifest_id: str) -> None:
-        with self._lock:
-            self._index.forget_manifest(manifest_id)
-
-    def manifests(self) -> list[tuple[str, str, Pin]]:
-        with self._lock:
-            return self._index.manifests()
-
-    def pin_chunk(self, chunk_id: str, pin: Pin) -> None:
-        """Pin one chunk directly (present or not); ``Pin.NONE`` drops the direct pin."""
-        validate_chunk_id(chunk_id)
-        with self._lock:
-            self._index.pin_chunk(chunk_id, pin)
-
-    def pin_of(self, chunk_id: str) -> Pin:
-        validate_chunk_id(chunk_id)
-        with self._lock:
-            return self._index.pin_of(chunk_id)
-
     # ---- usage and eviction --------------------------------------------------------------------------------
 
     def usage(self) -> Usage:
@@ -365,10 +340,8 @@ class ChunkCache(Integrity):
         """Evict per the plan (only above the high watermark, unless ``force``); ``dry_run``: only plan."""
         with self._lock:
             self._flush_locked()
-            plan = plan_eviction(
-                self._index.candidates(), self._used, self.marks, protected=set(self._protected), force=force
-            )
-            evicted = [] if dry_run else self._delete_locked([victim.chunk_id for victim in plan.victims])
+            plan = self._plan_locked(set(self._protected), 0, force=force)
+            evicted = [] if dry_run else self._evict_locked(plan)
         self._notify(evicted)
         return plan
 
@@ -411,13 +384,23 @@ class ChunkCache(Integrity):
         if self._used + incoming <= self.marks.high_bytes:
             return []
         self._flush_locked()
-        protected = {*self._protected, chunk_id, *keep}
-        plan = plan_eviction(self._index.candidates(), self._used, self.marks, protected=protected, incoming=incoming)
+        plan = self._plan_locked({*self._protected, chunk_id, *keep}, incoming)
         if strict and plan.used_after + incoming > self.marks.budget_bytes:
             raise CacheFull(
                 f"chunk {chunk_id} ({incoming} B) does not fit: {plan.used_after} B of {self.marks.budget_bytes} B "
                 "would stay in use after evicting everything allowed"
             )
+        return self._evict_locked(plan)
+
+    def _plan_locked(self, protected: AbstractSet[str], incoming: int, *, force: bool = False) -> EvictionPlan:
+        candidates = self.farm.annotate(self._index.candidates())
+        return plan_eviction(candidates, self._used, self.marks, protected=protected, incoming=incoming, force=force)
+
+    def _evict_locked(self, plan: EvictionPlan) -> list[str]:
+        if plan.last_copies:
+            self.last_copies_evicted += plan.last_copies
+            log.warning("evicting %d chunks that are the farm's last copy of this node's custody: the cache's budget "
+                        "would break otherwise", plan.last_copies)
         return self._delete_locked([victim.chunk_id for victim in plan.victims])
 
     def _delete_locked(self, chunk_ids: Sequence[str]) -> list[str]:

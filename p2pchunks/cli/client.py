@@ -174,9 +174,26 @@ def status_table(status: dict[str, Any]) -> Table:
             repaired += f" ({integrity['repair_failed']} could not be fetched again)"
         rows.append(("damaged found / repaired", repaired))
         rows.append(("scrub", _scrub(integrity["scrub"])))
+    rows += _custody_rows(status.get("custody"))
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def _custody_rows(custody: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """This node's custody of the official list and the farm's copies of it, as the agent sees them."""
+    if not custody:
+        return []
+    farm = custody["farm"]
+    kept = f"{len(custody['images'])} images, {custody['chunks']} chunks, {_mib(custody['bytes'])}"
+    if custody["left_out"]:
+        kept += f" (left out by custody.share: {', '.join(custody['left_out'])})"
+    copies = " / ".join(str(farm["copies"].get(key, 0)) for key in ("0", "1", "2", "3+"))
+    return [
+        ("custody", kept),
+        ("farm members", str(len(farm["members"]))),
+        ("official chunks with 0 / 1 / 2 / 3+ farm copies", copies),
+    ]
 
 
 def _scrub(scrub: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadConfig
+from ..policy.custody import CustodyParams
 from ..policy.eviction import Watermarks
 from ..policy.fetch import FetchParams
 from ..policy.retry import HubRetries
@@ -166,6 +167,24 @@ class WarmSection:
 
 
 @dataclass(frozen=True)
+class CustodySection:
+    enabled: bool = True
+    """The farm as one cache: each node warms only its custody share of the official list (`custody.copies`
+    farm copies of every chunk, split by rendezvous hashing among the farm-mates it sees) and keeps the farm's last
+    copies from eviction. Off: every node warms every official image whole (a seed always does)."""
+    copies: int = default_of(CustodyParams, "copies")
+    """Farm copies of every chunk of the official list."""
+    share: float = default_of(CustodyParams, "share")
+    """Most of the cache budget this node's custody may take; images past it (in list order) are left out."""
+    settle_s: float = 5.0
+    """Custody is computed once the farm's membership has not changed for this long (after a change too)."""
+    hold_s: float = default_of(CustodyParams, "hold_s")
+    """A farm-mate stays a member this long after it was last seen connected (a restart is not a leave)."""
+    refresh_s: float = 2.0
+    """How often the farm view (members, replica counts, histogram) is read from the swarm."""
+
+
+@dataclass(frozen=True)
 class RfsSection:
     cache_dir: str = ""
     """The node's rfs cache (``/var/cache/modules/flistd/cache`` on zos); empty: no cache fill."""
@@ -188,6 +207,7 @@ class Config:
     fetch: FetchSection = field(default_factory=FetchSection)
     tracker: TrackerSection = field(default_factory=TrackerSection)
     warm: WarmSection = field(default_factory=WarmSection)
+    custody: CustodySection = field(default_factory=CustodySection)
     rfs: RfsSection = field(default_factory=RfsSection)
 
     def replace(self, **sections: Mapping[str, Any]) -> Config:
@@ -298,6 +318,10 @@ def _from_env(value: _EnvValue, hint: Any, where: str) -> Any:
 def _validate(section: Any, name: str) -> None:
     if isinstance(section, AgentSection) and section.mode not in ("node", "seed"):
         raise BadConfig(f"agent.mode must be 'node' or 'seed', got {section.mode!r}")
+    if isinstance(section, CustodySection) and not (section.copies >= 1 and 0 < section.share <= 1):
+        raise BadConfig("custody needs copies >= 1 and 0 < share <= 1")
+    if isinstance(section, CustodySection) and (section.settle_s <= 0 or section.refresh_s <= 0):
+        raise BadConfig("custody.settle_s and custody.refresh_s must be > 0")
     if isinstance(section, CacheSection):
         if not 0 < section.low_watermark <= section.high_watermark <= 1:
             raise BadConfig("cache watermarks need 0 < low_watermark <= high_watermark <= 1")

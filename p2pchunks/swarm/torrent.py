@@ -32,6 +32,7 @@ class PeerView:
     down_bps: int
     up_bps: int
     local: bool
+    """We dialled this connection (libtorrent's ``local_connection``, i.e. outgoing): not "on our LAN"."""
     source: str
 
 
@@ -123,6 +124,10 @@ class Torrent:
                 )
             )
         return views
+
+    def peer_pieces(self) -> list[tuple[str, list[bool]]]:
+        """Each connected peer's address and the pieces it has (its bitfield and haves), piece order."""
+        return [(str(peer.ip[0]), list(peer.pieces)) for peer in self.handle.get_peer_info()]
 
     def local_ips(self) -> set[str]:
         """Our own address as seen on our peer connections."""
