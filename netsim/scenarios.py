@@ -35,7 +35,14 @@ from .topology import HubSpec, ImageSpec, NodeSpec, Topology, WanSpec, farm
 OUTAGE = (1.5, 6.0)
 """hub-outage: when the second hub is down too."""
 SCENARIOS = (
-    "farm-deploy", "hub-only", "nat-behind-seed", "nat-farms", "hub-outage", "churn", "update-storm", "farm-cache"
+    "farm-deploy",
+    "hub-only",
+    "nat-behind-seed",
+    "nat-farms",
+    "hub-outage",
+    "churn",
+    "update-storm",
+    "farm-cache",
 )
 NAT_SCENARIOS = ("nat-behind-seed", "nat-farms")
 NAT_FARM_SIZE = 4
@@ -95,9 +102,7 @@ def topology(name: str, knobs: Knobs) -> Topology:
         nodes = churned(nodes)
     # update-storm staggers inside the agents (each warms after its own start delay), not by joining late.
     stagger = 0.0 if name == "update-storm" else knobs.stagger_s
-    return Topology(
-        hub=hub, nodes=nodes, image=image, swarm=name != "hub-only", stagger_s=stagger, mirrors=mirrors
-    )
+    return Topology(hub=hub, nodes=nodes, image=image, swarm=name != "hub-only", stagger_s=stagger, mirrors=mirrors)
 
 
 def nat_topology(name: str, knobs: Knobs, hub: HubSpec, image: ImageSpec) -> Topology:

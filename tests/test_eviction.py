@@ -89,15 +89,30 @@ def test_eviction_order(candidates: list[Candidate], expected: list[str]) -> Non
         # the farm's last copies (custody chunks no farm-mate holds): kept while the budget (1000 B) holds
         pytest.param(
             [cand("n", 100, 9), cand("last", 500, 1, OFF, last=True), cand("o", 400, 5, OFF, replicas=1)],
-            1000, {}, ["n", "o"], 500, 0, id="last-copy-survives-a-pass",
+            1000,
+            {},
+            ["n", "o"],
+            500,
+            0,
+            id="last-copy-survives-a-pass",
         ),
         pytest.param(
             [cand("n", 100, 9), cand("l1", 400, 1, OFF, last=True), cand("l2", 500, 2, OFF, last=True)],
-            1000, {}, ["n"], 900, 100, id="last-copies-kept-above-low-watermark",
+            1000,
+            {},
+            ["n"],
+            900,
+            100,
+            id="last-copies-kept-above-low-watermark",
         ),
         pytest.param(
             [cand("l1", 400, 1, OFF, last=True), cand("l2", 500, 2, OFF, last=True), cand("p", 100, 3)],
-            1000, {"protected": {"p"}, "incoming": 300}, ["l1"], 600, 100, id="last-copy-only-to-keep-the-budget",
+            1000,
+            {"protected": {"p"}, "incoming": 300},
+            ["l1"],
+            600,
+            100,
+            id="last-copy-only-to-keep-the-budget",
         ),
     ],
 )
@@ -124,7 +139,11 @@ def test_nothing_is_evicted_for_being_old() -> None:
 @given(
     sizes=st.lists(
         st.tuples(
-            st.integers(0, 400), st.integers(0, 5), st.sampled_from(list(Pin)), st.booleans(), st.integers(0, 3),
+            st.integers(0, 400),
+            st.integers(0, 5),
+            st.sampled_from(list(Pin)),
+            st.booleans(),
+            st.integers(0, 3),
             st.booleans(),
         )
     ),

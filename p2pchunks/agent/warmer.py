@@ -197,11 +197,19 @@ class Warmer:
         plan: CustodyPlan = await trio.to_thread.run_sync(compute)
         self.custody = plan
         role.farm.hints.set_custody(plan.chunks)
-        log.info("custody among %d members: %d chunks (%.1f MiB) of %d images", len(members), len(plan.chunks),
-                 plan.bytes / 2**20, len(plan.images))
+        log.info(
+            "custody among %d members: %d chunks (%.1f MiB) of %d images",
+            len(members),
+            len(plan.chunks),
+            plan.bytes / 2**20,
+            len(plan.images),
+        )
         if plan.left_out:
-            log.warning("custody.share (%.0f MiB) leaves out the custody of %s", share / 2**20,
-                        ", ".join(image.name for image in plan.left_out))
+            log.warning(
+                "custody.share (%.0f MiB) leaves out the custody of %s",
+                share / 2**20,
+                ", ".join(image.name for image in plan.left_out),
+            )
         await role.pin(plan.chunks, False)
         for custody in plan.images:
             manifest = manifests[custody.name]
@@ -214,8 +222,9 @@ class Warmer:
         stale = await role.pinned() - plan.chunks
         if stale:
             await role.pin(stale, True)
-            log.info("custody: %d chunks no longer ours are unpinned (cached until eviction needs the room)",
-                     len(stale))
+            log.info(
+                "custody: %d chunks no longer ours are unpinned (cached until eviction needs the room)", len(stale)
+            )
 
     def custody_json(self) -> dict[str, Any] | None:
         plan = self.custody

@@ -399,8 +399,11 @@ class ChunkCache(Integrity, Pins):
     def _evict_locked(self, plan: EvictionPlan) -> list[str]:
         if plan.last_copies:
             self.last_copies_evicted += plan.last_copies
-            log.warning("evicting %d chunks that are the farm's last copy of this node's custody: the cache's budget "
-                        "would break otherwise", plan.last_copies)
+            log.warning(
+                "evicting %d chunks that are the farm's last copy of this node's custody: the cache's budget "
+                "would break otherwise",
+                plan.last_copies,
+            )
         return self._delete_locked([victim.chunk_id for victim in plan.victims])
 
     def _delete_locked(self, chunk_ids: Sequence[str]) -> list[str]:
