@@ -306,14 +306,18 @@ def test_cache_verify_drops_a_chunk_whose_file_was_scribbled_on(tmp_path: Path) 
         assert cache.get(ids[2]) == data[2]
 
 
-def test_a_pair_that_lost_both_links_to_a_simultaneous_open_retries_within_the_discovery_grace() -> None:
+def test_a_pair_that_lost_both_links_to_a_simultaneous_open_retries_by_the_job_s_next_look_after_the_grace() -> None:
     """Farm-mates hear each other's LSD announce at the same instant and connect both ways. With equal listen ports
     (6881 on every node) libtorrent keeps one of the two connections by a coin flip on each side, so half the time
     both die, and libtorrent's default wait before dialling that peer again is a minute: the pair would split the
-    hub's work as if alone. (Loopback cannot stage the collision reliably; the netns farm-deploy test shows it.)"""
+    hub's work as if alone. libtorrent counts this wait in whole seconds, so 1 s is the least that still waits at
+    all: the pair meets again by the job's first look at its peers after the discovery grace. (Loopback cannot stage
+    the collision reliably; the netns farm-deploy test shows it.)"""
+    from p2pchunks.agent.fetchjob import PEERS_EVERY_S
     from p2pchunks.policy.fetch import FetchParams
 
+    next_look = FetchParams().discovery_grace_s + PEERS_EVERY_S
     for profile in ("node", "seed"):
         pack = session_settings(SwarmSettings(profile=profile))  # type: ignore[arg-type]
-        assert pack["min_reconnect_time"] <= FetchParams().discovery_grace_s
-        assert lt.default_settings()["min_reconnect_time"] > FetchParams().discovery_grace_s  # what we override
+        assert pack["min_reconnect_time"] <= next_look
+        assert lt.default_settings()["min_reconnect_time"] > next_look  # what we override

@@ -8,6 +8,7 @@ from netsim.__main__ import main
 from netsim.bound import loopback_standin, lower_bound_s
 from netsim.scenarios import SCENARIOS, Knobs, knobs_for, topology
 from netsim.topology import WanSpec
+from p2pchunks.policy.fetch import FetchParams
 
 
 def test_knobs_given_beat_scenario_defaults_which_beat_knobs_defaults() -> None:
@@ -69,7 +70,7 @@ def test_the_model_command_takes_several_sizes_and_the_farm_queue(capsys: pytest
     swarm = [row for row in rows if row["scenario"] == "farm-deploy"]
     assert [row["nodes"] for row in swarm] == [8, 1000]
     assert all(row["hub_ratio"] >= 1.0 and row["takeovers"] is not None for row in swarm)
-    assert all(row["first_request_s"] >= 1.0 for row in swarm)  # the discovery grace
+    assert all(row["first_request_s"] >= FetchParams().discovery_grace_s for row in swarm)
     assert main(["model", "--sizes", "8", "--image-mib", "2", "--ideal"]) == 0
     (ideal,) = [row for row in json.loads(capsys.readouterr().out) if row["scenario"] == "farm-deploy"]
     assert ideal["takeovers"] is None
