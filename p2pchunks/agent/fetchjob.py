@@ -134,9 +134,10 @@ class FetchJob:
         self._tick = tick_s
         self._clock = clock
         self._inflight: set[str] = set()
-        self._order = [c for c in fetch_order(manifest.hot, manifest.chunk_ids) if only is None or c in only]
-        self._rank = {chunk_id: i for i, chunk_id in enumerate(self._order)}
-        self._hot = frozenset(manifest.hot).intersection(self._order)
+        self._order: list[str] = []
+        self._rank: dict[str, int] = {}
+        self._hot: frozenset[str] = frozenset()
+        self._set_order(only)
         self._widening: list[str] = []
         self._closing = False
         """The run left its loop: nothing can be added to it any more."""
@@ -180,11 +181,7 @@ class FetchJob:
     async def _grow(self, pending: dict[str, None]) -> None:
         """Take the chunks ``widen`` queued into the fetch order (those already cached count as from the cache)."""
         new, self._widening = self._widening, []
-        fresh = set(new)
-        full = fetch_order(self.manifest.hot, self.manifest.chunk_ids)
-        self._order = [c for c in full if c in self._rank or c in fresh]
-        self._rank = {chunk_id: i for i, chunk_id in enumerate(self._order)}
-        self._hot = frozenset(self.manifest.hot).intersection(self._order)
+        self._set_order(self._rank.keys() | set(new))
         missing = set(await self._missing(new))
         report = self.report
         report.chunks = len(self._order)
@@ -197,6 +194,13 @@ class FetchJob:
                 report.arrival_order.append(chunk_id)
         self._pushed = None  # the torrent's priorities change with the order
         self._slide(pending)
+
+    def _set_order(self, only: Collection[str] | None) -> None:
+        """The fetch order over ``only`` (None: every chunk of the manifest), and what is derived from it."""
+        full = fetch_order(self.manifest.hot, self.manifest.chunk_ids)
+        self._order = full if only is None else [c for c in full if c in only]
+        self._rank = {chunk_id: i for i, chunk_id in enumerate(self._order)}
+        self._hot = frozenset(self.manifest.hot).intersection(self._order)
 
     # ---- the run --------------------------------------------------------------------------------------------------
 
