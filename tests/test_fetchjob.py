@@ -301,3 +301,37 @@ async def test_a_subset_job_widened_to_the_whole_image_fetches_the_rest(
     assert (report.chunks, report.done, report.image_bytes) == (10, 10, 10 * SIZE)
     assert sum(1 for priority in torrent.pushed[-2] if priority) == 10
     assert not job.widen({m.chunk_ids[0]})  # an ended job takes nothing more: the caller starts another
+
+
+async def test_a_streaming_job_widened_after_some_chunks_were_consumed_fetches_the_earlier_ones_too(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    m = manifest(8)
+    hub, torrent, arrivals = ScriptedHub(), FakeTorrent(m), Arrivals()
+    protected: list[str] = []
+    released: list[str] = []
+    job = job_for(
+        m, hub, torrent, arrivals,
+        window_bytes=2 * SIZE, only=m.chunk_ids[2:], protect=protected.extend, release=released.extend,
+    )  # fmt: skip
+
+    async def consumer() -> None:
+        with arrivals.subscribe() as seen:
+            async for arrival in seen:
+                await trio.sleep(1.0)  # a slow reader
+                job.consumed(arrival.chunk_id)
+
+    async def widen_later() -> None:
+        await trio.sleep(2.5)  # the subset's first two chunks are written out by then, not its last two
+        assert job.widen(None)
+
+    with trio.fail_after(60.0):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consumer)
+            nursery.start_soon(widen_later)
+            report = await job.run()
+            nursery.cancel_scope.cancel()
+    assert {c for _, c in hub.asked[:2]} == set(m.chunk_ids[2:4])
+    assert sorted(c for _, c in hub.asked) == sorted(m.chunk_ids)  # each once: those before the widening too
+    assert (report.chunks, report.done) == (8, 8)
+    assert sorted(protected) == sorted(released) == sorted(m.chunk_ids)

@@ -137,6 +137,8 @@ class FetchJob:
         self._order: list[str] = []
         self._rank: dict[str, int] = {}
         self._hot: frozenset[str] = frozenset()
+        self._consumed_before = 0
+        """Every chunk of the order before this position has been consumed: ``_slide`` walks on from there."""
         self._set_order(only)
         self._widening: list[str] = []
         self._closing = False
@@ -201,6 +203,7 @@ class FetchJob:
         self._order = full if only is None else [c for c in full if c in only]
         self._rank = {chunk_id: i for i, chunk_id in enumerate(self._order)}
         self._hot = frozenset(self.manifest.hot).intersection(self._order)
+        self._consumed_before = 0  # chunks may have joined the order anywhere
 
     # ---- the run --------------------------------------------------------------------------------------------------
 
@@ -274,7 +277,12 @@ class FetchJob:
         self._dirty = False
         budget = self._window_bytes
         window: list[str] = []
-        for chunk_id in self._order:
+        order, start = self._order, self._consumed_before
+        while start < len(order) and order[start] in self._consumed:
+            start += 1
+        self._consumed_before = start  # a stream's consumed chunks are not walked again at every slide
+        for position in range(start, len(order)):
+            chunk_id = order[position]
             if chunk_id in self._consumed:
                 continue
             size = self.manifest.chunk_size_of(chunk_id)
