@@ -154,6 +154,8 @@ class FetchJob:
         self._next_start = -math.inf
         self._peers: tuple[PeerReading, ...] = ()
         self._peers_read_at = -math.inf
+        self._last: SwarmReading | None = None
+        """The torrent at the last look (None: no torrent, or no look yet)."""
         size = manifest.image_bytes if only is None else sum(map(manifest.chunk_size_of, self._order))
         self.report = FetchReport(manifest.manifest_id, manifest.name, len(self._order), size)
 
@@ -321,13 +323,9 @@ class FetchJob:
         )
 
     def _held_by_peers(self, chunk_id: str) -> bool:
-        return self._availability_of(chunk_id) > 0
-
-    def _availability_of(self, chunk_id: str) -> int:
+        """Some connected peer held the chunk at the last look."""
         availability = self._last.availability if self._last is not None else ()
-        return availability[self._torrent.piece_of(chunk_id)] if availability and self._torrent is not None else 0
-
-    _last: SwarmReading | None = None
+        return bool(availability) and self._torrent is not None and availability[self._torrent.piece_of(chunk_id)] > 0
 
     def _pick(self, pending: dict[str, None], elapsed: float, now: float, nursery: trio.Nursery) -> None:
         self._last = self._reading(now)
