@@ -215,9 +215,8 @@ class JobTable:
             await self._abandon(job.torrent)
 
     async def _abandon(self, torrent: TorrentLike) -> None:
-        """After a failed job: libtorrent stops fetching its chunks, and the partial files go (twice: blocks that
-        were in flight can still land a moment later)."""
-        torrent.set_priorities([0] * torrent.pieces)
+        """After a failed job (its end left libtorrent wanting none of the torrent's pieces): the partial files go
+        (twice: blocks that were in flight can still land a moment later)."""
         with trio.CancelScope(shield=True):
             await self._sweep(torrent)
             await trio.sleep(ABANDON_SETTLE_S)
