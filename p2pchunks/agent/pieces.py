@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
-from ..cache.store import ChunkCache
+from ..cache.store import Adopted, ChunkCache
 from ..errors import ChunkNotFound, P2PChunksError
 from ..formats.manifest import Manifest
 from ..policy.bans import BanBook
@@ -198,12 +198,7 @@ class PieceKeeper:
         ids = [torrent.chunk_of(piece) for piece in pieces]
         manifest = torrent.manifest
         async with self._disk:
-            held = await trio.to_thread.run_sync(self._cache.held, ids)
-            new = [chunk_id for chunk_id in ids if chunk_id not in held]
-            outcome = await trio.to_thread.run_sync(
-                lambda: self._cache.adopt_many(new, manifest_id=manifest.manifest_id)
-            )
-            damaged = await trio.to_thread.run_sync(lambda: [c for c in held if not self._still_intact(c)])
+            outcome, damaged = await trio.to_thread.run_sync(self._adopt, ids, manifest.manifest_id)
         for chunk_id in damaged:
             self._stats.cache_repairs += 1
             log.warning("chunk %s: its file was damaged by a peer's in-flight blocks: fetching it again", chunk_id)
@@ -221,6 +216,13 @@ class PieceKeeper:
                     chunk_id,
                     manifest.name,
                 )
+
+    def _adopt(self, ids: list[str], manifest_id: str) -> tuple[dict[str, Adopted], list[str]]:
+        """(A worker thread.) Index the files of those of ``ids`` the cache lacks; re-hash those it held: the
+        outcome of each adopted one, and the held ones found damaged (dropped)."""
+        held = self._cache.held(ids)
+        outcome = self._cache.adopt_many([c for c in ids if c not in held], manifest_id=manifest_id)
+        return outcome, [c for c in held if not self._still_intact(c)]
 
     def _still_intact(self, chunk_id: str) -> bool:
         try:
