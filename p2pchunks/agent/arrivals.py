@@ -56,11 +56,6 @@ class Arrivals:
         for listener in self._listeners:
             listener.send_nowait(arrival)
 
-    @property
-    def watched(self) -> int:
-        """Chunks someone waits for right now."""
-        return len(self._waiting)
-
     @contextmanager
     def subscribe(self) -> Iterator[trio.MemoryReceiveChannel[Arrival]]:
         send, receive = trio.open_memory_channel[Arrival](math.inf)
