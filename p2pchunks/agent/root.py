@@ -221,19 +221,14 @@ async def _build(
         else None
     )
 
-    async def on_new(manifest: Manifest) -> None:
-        if keeper is not None:
-            await keeper.join(manifest)
-
-    manifests = ManifestBook(directory / "manifests", cache, hub, on_new)
-    repairs = Repairs(datapath.chunk, lambda chunk_id: bool(manifests.referencing(chunk_id)))
-    cache.add_damage_listener(repairs.damaged)
-
-    def me() -> str:
-        return identity(config.swarm.listen, swarm)
+    me = partial(identity, config.swarm.listen, swarm)
 
     async def join(manifest: Manifest) -> Any:
         return await keeper.join(manifest) if keeper is not None else None
+
+    manifests = ManifestBook(directory / "manifests", cache, hub, join)
+    repairs = Repairs(datapath.chunk, lambda chunk_id: bool(manifests.referencing(chunk_id)))
+    cache.add_damage_listener(repairs.damaged)
 
     async def sweep(torrent: Any) -> None:
         if keeper is not None:
