@@ -257,10 +257,10 @@ async def _build(
         await nursery.start(keeper.run)
         nursery.start_soon(_count_peer_bytes, swarm, stats)
     await nursery.start(repairs.run)
-    nursery.start_soon(scrubber.run)
     report = await trio.to_thread.run_sync(cache.reconcile)  # damage it finds reaches the repairs
     if report.removed_files or report.dropped_rows or report.rehashed:
         log.info("cache reconciled: %s", report)
+    nursery.start_soon(scrubber.run)  # once index and disk agree: not hashing beside the reconcile
 
     api_host, api_port = split_hostport(config.api.listen)
     api_listeners = await open_listeners(api_host, api_port)
