@@ -109,9 +109,9 @@ class Api:
         validate_chunk_id(chunk_id)
         headers = [("content-type", "application/octet-stream"), ("etag", f'"{chunk_id}"')]
         if head:
-            if not await self.s.datapath.holds(chunk_id):
+            size = await self.s.datapath.size_of(chunk_id)
+            if size is None:
                 return _error(404, f"chunk {chunk_id} is not cached", chunk_id)
-            _, size = await trio.to_thread.run_sync(self.s.cache.locate, chunk_id)
             return Response(200, [*headers, ("content-length", str(size))], b"")
         data = await self.s.datapath.chunk(chunk_id)
         self.s.stats.chunks_served += 1

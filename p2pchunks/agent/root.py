@@ -221,19 +221,14 @@ async def _build(
         else None
     )
 
-    async def on_new(manifest: Manifest) -> None:
-        if keeper is not None:
-            await keeper.join(manifest)
-
-    manifests = ManifestBook(directory / "manifests", cache, hub, on_new)
-    repairs = Repairs(datapath.chunk, lambda chunk_id: bool(manifests.referencing(chunk_id)))
-    cache.add_damage_listener(repairs.damaged)
-
-    def me() -> str:
-        return identity(config.swarm.listen, swarm)
+    me = partial(identity, config.swarm.listen, swarm)
 
     async def join(manifest: Manifest) -> Any:
         return await keeper.join(manifest) if keeper is not None else None
+
+    manifests = ManifestBook(directory / "manifests", cache, hub, join)
+    repairs = Repairs(datapath.chunk, lambda chunk_id: bool(manifests.referencing(chunk_id)))
+    cache.add_damage_listener(repairs.damaged)
 
     async def sweep(torrent: Any) -> None:
         if keeper is not None:
@@ -262,10 +257,10 @@ async def _build(
         await nursery.start(keeper.run)
         nursery.start_soon(_count_peer_bytes, swarm, stats)
     await nursery.start(repairs.run)
-    nursery.start_soon(scrubber.run)
     report = await trio.to_thread.run_sync(cache.reconcile)  # damage it finds reaches the repairs
     if report.removed_files or report.dropped_rows or report.rehashed:
         log.info("cache reconciled: %s", report)
+    nursery.start_soon(scrubber.run)  # once index and disk agree: not hashing beside the reconcile
 
     api_host, api_port = split_hostport(config.api.listen)
     api_listeners = await open_listeners(api_host, api_port)
