@@ -137,10 +137,6 @@ class CacheIndex:
                 "INSERT OR IGNORE INTO refs SELECT id, ? FROM manifests WHERE id = ?", (chunk_id, manifest_id)
             )
 
-    def set_size(self, chunk_id: str, size: int) -> None:
-        with self._db:
-            self._db.execute("UPDATE chunks SET size = ? WHERE id = ?", (size, chunk_id))
-
     def delete(self, chunk_ids: Sequence[str]) -> list[tuple[str, int]]:
         """Drop rows; return ``(id, size)`` of those that existed."""
         deleted: list[tuple[str, int]] = []
