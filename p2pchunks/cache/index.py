@@ -73,20 +73,17 @@ class CacheIndex:
         row = self._db.execute("SELECT size FROM chunks WHERE id = ?", (chunk_id,)).fetchone()
         return None if row is None else int(row[0])
 
-    def sizes(self) -> dict[str, int]:
-        return dict(self._db.execute("SELECT id, size FROM chunks").fetchall())
-
     def stamps(self) -> dict[str, tuple[int, str]]:
         """``id → (size, stamp)`` of every indexed chunk."""
         return {i: (size, stamp) for i, size, stamp in self._db.execute("SELECT id, size, stamp FROM chunks")}
 
-    def held(self, chunk_ids: Sequence[str]) -> set[str]:
-        """Which of ``chunk_ids`` are indexed (one query per few hundred ids)."""
-        found: set[str] = set()
+    def sizes(self, chunk_ids: Sequence[str]) -> dict[str, int]:
+        """``id → size`` of those of ``chunk_ids`` that are indexed (one query per few hundred ids)."""
+        found: dict[str, int] = {}
         for start in range(0, len(chunk_ids), _IN_BATCH):
             batch = chunk_ids[start : start + _IN_BATCH]
             marks = ",".join("?" * len(batch))
-            found.update(row[0] for row in self._db.execute(f"SELECT id FROM chunks WHERE id IN ({marks})", batch))
+            found.update(self._db.execute(f"SELECT id, size FROM chunks WHERE id IN ({marks})", batch))
         return found
 
     def least_recently_verified(self, limit: int) -> list[tuple[str, int]]:

@@ -133,7 +133,7 @@ class ChunkCache(Integrity, Pins):
         """Which of ``chunk_ids`` are cached (a few queries, whatever their number)."""
         ids = list(dict.fromkeys(chunk_ids))
         with self._lock:
-            return self._index.held(ids)
+            return set(self._index.sizes(ids))
 
     def get(self, chunk_id: str) -> bytes:
         """The chunk's bytes, hashed as they are read; records the access.
@@ -349,8 +349,7 @@ class ChunkCache(Integrity, Pins):
         """Bytes that could be added now if everything evictable went (nothing is evicted): the budget less what
         is protected."""
         with self._lock:
-            protected = self._protected
-            kept = sum(c.size for c in self._index.candidates() if c.chunk_id in protected)
+            kept = sum(self._index.sizes(list(self._protected)).values())
         return max(0, self.marks.budget_bytes - kept)
 
     def add_evict_listener(self, fn: Callable[[Sequence[str]], None]) -> None:
