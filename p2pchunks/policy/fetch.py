@@ -188,8 +188,9 @@ def pick_hub_chunks(wanted: Iterable[Wanted], view: View, params: FetchParams) -
     settled = view.stable_for_s >= params.settle_s
     picks: list[HubPick] = []
     missing_before = 0  # chunks earlier in the order that no peer holds (in flight somewhere, or not asked yet)
-    hot_missing = any(chunk.hot and chunk.availability == 0 for chunk in wanted)
-    for chunk in sorted(wanted, key=lambda w: w.rank):
+    ordered = sorted(wanted, key=lambda w: w.rank)
+    hot_missing = any(chunk.hot and chunk.availability == 0 for chunk in ordered)
+    for chunk in ordered:
         ahead, missing_before = missing_before, missing_before + (chunk.availability == 0)
         if chunk.chunk_id in view.hub_inflight or chunk.chunk_id in view.delivering:
             continue
