@@ -158,7 +158,8 @@ class CacheIndex:
         return [Candidate(chunk_id, size, at, Pin(pin)) for chunk_id, size, at, pin in rows]
 
     def entries(self, limit: int | None) -> list[CacheEntry]:
-        """Cached chunks in eviction order (the next victim first)."""
+        """Cached chunks by pin level, then least recently used, then id: the eviction order less the farm's
+        hints (``FarmHints``: replicas and last copies), which only an eviction plan weighs."""
         rows = self._db.execute(
             f"SELECT c.id, c.size, c.last_access, {PIN_SQL} AS pin, (SELECT group_concat(manifest_id, ' ') "
             "FROM (SELECT manifest_id FROM refs WHERE chunk_id = c.id ORDER BY manifest_id)) "

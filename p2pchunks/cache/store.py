@@ -309,7 +309,8 @@ class ChunkCache(Integrity, Pins):
             return Usage(self._count, self._used, marks.budget_bytes, marks.high_bytes, marks.low_bytes)
 
     def entries(self, limit: int | None = None) -> list[CacheEntry]:
-        """Cached chunks in eviction order (the next victim first)."""
+        """Cached chunks by pin level, then least recently used, then id: the eviction order less the farm's
+        hints (``FarmHints``: replicas and last copies), which only an eviction plan weighs."""
         with self._lock:
             self._flush_locked()
             return self._index.entries(limit)
