@@ -100,18 +100,9 @@ class CacheIndex:
         count, used = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM chunks").fetchone()
         return int(count), int(used)
 
-    def add(self, chunk_id: str, size: int, at: float, manifest_id: str | None, stamp: str = "") -> bool:
-        """Index a chunk just verified at ``at`` (and its manifest ref); False if it was indexed already (the ref is
-        still recorded)."""
-        with self._db:
-            fresh = self._db.execute(
-                "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)", (chunk_id, size, at, at, stamp)
-            ).rowcount
-            self._ref(manifest_id, chunk_id)
-        return bool(fresh)
-
     def add_many(self, rows: Sequence[tuple[str, int, str]], at: float, manifest_id: str | None) -> list[str]:
-        """Index ``(id, size, stamp)`` rows in one transaction; the ids that were new."""
+        """Index ``(id, size, stamp)`` rows of chunks just verified at ``at``, and their manifest refs, in one
+        transaction; the ids that were new (a ref is recorded for those already indexed too)."""
         fresh: list[str] = []
         with self._db:
             for chunk_id, size, stamp in rows:

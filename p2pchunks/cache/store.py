@@ -213,7 +213,7 @@ class ChunkCache(Integrity, Pins):
                 if self._fsync:
                     fsync_dir(final.parent)
                 self._flush_locked()
-                self._index_locked(chunk_id, len(data), manifest_id, file_stamp(final.stat()))
+                self._index_locked([(chunk_id, len(data), file_stamp(final.stat()))], manifest_id)
                 placed = False
                 return True
         except sqlite3.OperationalError as error:
@@ -269,13 +269,10 @@ class ChunkCache(Integrity, Pins):
         evicted: list[str] = []
         try:
             with self._lock:
-                fresh = self._index.add_many(rows, self._clock(), manifest_id)
+                fresh = self._index_locked(rows, manifest_id)
                 added = set(fresh)
-                for chunk_id, size, _ in rows:
+                for chunk_id, _, _ in rows:
                     outcome[chunk_id] = "fresh" if chunk_id in added else "held"
-                    if chunk_id in added:
-                        self._used += size
-                        self._count += 1
                 if fresh:
                     evicted = self._make_room_locked(fresh[0], 0, strict=False, keep=added)
                 return outcome
@@ -368,11 +365,12 @@ class ChunkCache(Integrity, Pins):
 
     # ---- internals (``_locked``: the caller holds ``self._lock``) ---------------------------------------------
 
-    def _index_locked(self, chunk_id: str, size: int, manifest_id: str | None, stamp: str) -> bool:
-        fresh = self._index.add(chunk_id, size, self._clock(), manifest_id, stamp)
-        if fresh:
-            self._used += size
-            self._count += 1
+    def _index_locked(self, rows: Sequence[tuple[str, int, str]], manifest_id: str | None) -> list[str]:
+        """Index ``(id, size, stamp)`` rows of verified files and count the new ones in; the ids that were new."""
+        sizes = {chunk_id: size for chunk_id, size, _ in rows}
+        fresh = self._index.add_many(rows, self._clock(), manifest_id)
+        self._used += sum(sizes[chunk_id] for chunk_id in fresh)
+        self._count += len(fresh)
         return fresh
 
     def _make_room_locked(
