@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from p2pchunks.cache.integrity import file_stamp
 from p2pchunks.cache.store import ChunkCache, ReconcileReport
 from p2pchunks.errors import BadChunkId, CacheFull, ChunkCorrupt, ChunkNotFound, ManifestNotFound
 from p2pchunks.ids import chunk_id_of
@@ -478,12 +479,8 @@ def flip_silently(cache: ChunkCache, chunk_id: str) -> None:
     damaged = bytearray(path.read_bytes())
     damaged[5] ^= 0x01
     path.write_bytes(damaged)
-    st = path.stat()
     with closing(sqlite3.connect(cache.directory / "index.sqlite3")) as db, db:
-        db.execute(
-            "UPDATE chunks SET stamp = ? WHERE id = ?",
-            (f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}", chunk_id),
-        )
+        db.execute("UPDATE chunks SET stamp = ? WHERE id = ?", (file_stamp(path.stat()), chunk_id))
 
 
 def test_a_verified_read_drops_rot_and_never_returns_wrong_bytes(make: Callable[..., ChunkCache], clock: Clock) -> None:

@@ -73,20 +73,17 @@ class CacheIndex:
         row = self._db.execute("SELECT size FROM chunks WHERE id = ?", (chunk_id,)).fetchone()
         return None if row is None else int(row[0])
 
-    def sizes(self) -> dict[str, int]:
-        return dict(self._db.execute("SELECT id, size FROM chunks").fetchall())
-
     def stamps(self) -> dict[str, tuple[int, str]]:
         """``id → (size, stamp)`` of every indexed chunk."""
         return {i: (size, stamp) for i, size, stamp in self._db.execute("SELECT id, size, stamp FROM chunks")}
 
-    def held(self, chunk_ids: Sequence[str]) -> set[str]:
-        """Which of ``chunk_ids`` are indexed (one query per few hundred ids)."""
-        found: set[str] = set()
+    def sizes(self, chunk_ids: Sequence[str]) -> dict[str, int]:
+        """``id → size`` of those of ``chunk_ids`` that are indexed (one query per few hundred ids)."""
+        found: dict[str, int] = {}
         for start in range(0, len(chunk_ids), _IN_BATCH):
             batch = chunk_ids[start : start + _IN_BATCH]
             marks = ",".join("?" * len(batch))
-            found.update(row[0] for row in self._db.execute(f"SELECT id FROM chunks WHERE id IN ({marks})", batch))
+            found.update(self._db.execute(f"SELECT id, size FROM chunks WHERE id IN ({marks})", batch))
         return found
 
     def least_recently_verified(self, limit: int) -> list[tuple[str, int]]:
@@ -103,18 +100,9 @@ class CacheIndex:
         count, used = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM chunks").fetchone()
         return int(count), int(used)
 
-    def add(self, chunk_id: str, size: int, at: float, manifest_id: str | None, stamp: str = "") -> bool:
-        """Index a chunk just verified at ``at`` (and its manifest ref); False if it was indexed already (the ref is
-        still recorded)."""
-        with self._db:
-            fresh = self._db.execute(
-                "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)", (chunk_id, size, at, at, stamp)
-            ).rowcount
-            self._ref(manifest_id, chunk_id)
-        return bool(fresh)
-
     def add_many(self, rows: Sequence[tuple[str, int, str]], at: float, manifest_id: str | None) -> list[str]:
-        """Index ``(id, size, stamp)`` rows in one transaction; the ids that were new."""
+        """Index ``(id, size, stamp)`` rows of chunks just verified at ``at``, and their manifest refs, in one
+        transaction; the ids that were new (a ref is recorded for those already indexed too)."""
         fresh: list[str] = []
         with self._db:
             for chunk_id, size, stamp in rows:
@@ -136,10 +124,6 @@ class CacheIndex:
             self._db.execute(
                 "INSERT OR IGNORE INTO refs SELECT id, ? FROM manifests WHERE id = ?", (chunk_id, manifest_id)
             )
-
-    def set_size(self, chunk_id: str, size: int) -> None:
-        with self._db:
-            self._db.execute("UPDATE chunks SET size = ? WHERE id = ?", (size, chunk_id))
 
     def delete(self, chunk_ids: Sequence[str]) -> list[tuple[str, int]]:
         """Drop rows; return ``(id, size)`` of those that existed."""
@@ -165,7 +149,8 @@ class CacheIndex:
         return [Candidate(chunk_id, size, at, Pin(pin)) for chunk_id, size, at, pin in rows]
 
     def entries(self, limit: int | None) -> list[CacheEntry]:
-        """Cached chunks in eviction order (the next victim first)."""
+        """Cached chunks by pin level, then least recently used, then id: the eviction order less the farm's
+        hints (``FarmHints``: replicas and last copies), which only an eviction plan weighs."""
         rows = self._db.execute(
             f"SELECT c.id, c.size, c.last_access, {PIN_SQL} AS pin, (SELECT group_concat(manifest_id, ' ') "
             "FROM (SELECT manifest_id FROM refs WHERE chunk_id = c.id ORDER BY manifest_id)) "

@@ -180,9 +180,7 @@ class Integrity:
         return len(data) if self._verifier(chunk_id, data) else None
 
     def _drop_damaged(self, chunk_id: str) -> None:
-        path = self.path_for(chunk_id)
         with self._lock:
-            removed = self._delete_locked([chunk_id])
-            path.unlink(missing_ok=True)
+            removed = self._delete_locked([chunk_id])  # row and file
             self.damaged_found += len(removed)
         self._notify(removed, damaged=True)

@@ -133,7 +133,7 @@ class ChunkCache(Integrity, Pins):
         """Which of ``chunk_ids`` are cached (a few queries, whatever their number)."""
         ids = list(dict.fromkeys(chunk_ids))
         with self._lock:
-            return self._index.held(ids)
+            return set(self._index.sizes(ids))
 
     def get(self, chunk_id: str) -> bytes:
         """The chunk's bytes, hashed as they are read; records the access.
@@ -213,7 +213,7 @@ class ChunkCache(Integrity, Pins):
                 if self._fsync:
                     fsync_dir(final.parent)
                 self._flush_locked()
-                self._index_locked(chunk_id, len(data), manifest_id, file_stamp(final.stat()))
+                self._index_locked([(chunk_id, len(data), file_stamp(final.stat()))], manifest_id)
                 placed = False
                 return True
         except sqlite3.OperationalError as error:
@@ -269,13 +269,10 @@ class ChunkCache(Integrity, Pins):
         evicted: list[str] = []
         try:
             with self._lock:
-                fresh = self._index.add_many(rows, self._clock(), manifest_id)
+                fresh = self._index_locked(rows, manifest_id)
                 added = set(fresh)
-                for chunk_id, size, _ in rows:
+                for chunk_id, _, _ in rows:
                     outcome[chunk_id] = "fresh" if chunk_id in added else "held"
-                    if chunk_id in added:
-                        self._used += size
-                        self._count += 1
                 if fresh:
                     evicted = self._make_room_locked(fresh[0], 0, strict=False, keep=added)
                 return outcome
@@ -309,7 +306,8 @@ class ChunkCache(Integrity, Pins):
             return Usage(self._count, self._used, marks.budget_bytes, marks.high_bytes, marks.low_bytes)
 
     def entries(self, limit: int | None = None) -> list[CacheEntry]:
-        """Cached chunks in eviction order (the next victim first)."""
+        """Cached chunks by pin level, then least recently used, then id: the eviction order less the farm's
+        hints (``FarmHints``: replicas and last copies), which only an eviction plan weighs."""
         with self._lock:
             self._flush_locked()
             return self._index.entries(limit)
@@ -349,8 +347,7 @@ class ChunkCache(Integrity, Pins):
         """Bytes that could be added now if everything evictable went (nothing is evicted): the budget less what
         is protected."""
         with self._lock:
-            protected = self._protected
-            kept = sum(c.size for c in self._index.candidates() if c.chunk_id in protected)
+            kept = sum(self._index.sizes(list(self._protected)).values())
         return max(0, self.marks.budget_bytes - kept)
 
     def add_evict_listener(self, fn: Callable[[Sequence[str]], None]) -> None:
@@ -368,11 +365,12 @@ class ChunkCache(Integrity, Pins):
 
     # ---- internals (``_locked``: the caller holds ``self._lock``) ---------------------------------------------
 
-    def _index_locked(self, chunk_id: str, size: int, manifest_id: str | None, stamp: str) -> bool:
-        fresh = self._index.add(chunk_id, size, self._clock(), manifest_id, stamp)
-        if fresh:
-            self._used += size
-            self._count += 1
+    def _index_locked(self, rows: Sequence[tuple[str, int, str]], manifest_id: str | None) -> list[str]:
+        """Index ``(id, size, stamp)`` rows of verified files and count the new ones in; the ids that were new."""
+        sizes = {chunk_id: size for chunk_id, size, _ in rows}
+        fresh = self._index.add_many(rows, self._clock(), manifest_id)
+        self._used += sum(sizes[chunk_id] for chunk_id in fresh)
+        self._count += len(fresh)
         return fresh
 
     def _make_room_locked(

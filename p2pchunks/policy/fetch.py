@@ -51,7 +51,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -142,24 +142,23 @@ def _weight(candidate: str, chunk_id: str) -> bytes:
     return hashlib.blake2b(f"{candidate}\0{chunk_id}".encode(), digest_size=8).digest()
 
 
+def _rank(chunk_id: str) -> Callable[[str], tuple[int, str]]:
+    """The key of ``chunk_id``'s rendezvous order: highest weight first; equal weights (never seen in practice) in
+    name order."""
+    return lambda candidate: (-int.from_bytes(_weight(candidate, chunk_id), "big"), candidate)
+
+
 def owner_of(chunk_id: str, candidates: Iterable[str]) -> str:
-    """Rendezvous (highest random weight) hashing: the candidate that fetches ``chunk_id`` from the hub.
+    """Rendezvous (highest random weight) hashing: the candidate that fetches ``chunk_id`` from the hub ("" if none).
 
     Every node computes the same owner from the same candidate set; when a candidate leaves, only its chunks move.
     """
-    best, best_weight = "", b""
-    for candidate in candidates:
-        weight = _weight(candidate, chunk_id)
-        if weight > best_weight or (weight == best_weight and candidate < best):
-            best, best_weight = candidate, weight
-    return best
+    return min(candidates, key=_rank(chunk_id), default="")
 
 
 def rendezvous_order(chunk_id: str, candidates: Iterable[str]) -> list[str]:
-    """Every candidate in ``chunk_id``'s order: the owner first, then who takes the chunk over if it stalls.
-
-    Highest weight first; equal weights (never seen in practice) in name order, as in ``owner_of``."""
-    return sorted(candidates, key=lambda candidate: (bytes(255 - b for b in _weight(candidate, chunk_id)), candidate))
+    """Every candidate in ``chunk_id``'s order: the owner first, then who takes the chunk over if it stalls."""
+    return sorted(candidates, key=_rank(chunk_id))
 
 
 def deadline_s(params: FetchParams, *, hot: bool, hub_time_s: float | None) -> float:
@@ -189,8 +188,9 @@ def pick_hub_chunks(wanted: Iterable[Wanted], view: View, params: FetchParams) -
     settled = view.stable_for_s >= params.settle_s
     picks: list[HubPick] = []
     missing_before = 0  # chunks earlier in the order that no peer holds (in flight somewhere, or not asked yet)
-    hot_missing = any(chunk.hot and chunk.availability == 0 for chunk in wanted)
-    for chunk in sorted(wanted, key=lambda w: w.rank):
+    ordered = sorted(wanted, key=lambda w: w.rank)
+    hot_missing = any(chunk.hot and chunk.availability == 0 for chunk in ordered)
+    for chunk in ordered:
         ahead, missing_before = missing_before, missing_before + (chunk.availability == 0)
         if chunk.chunk_id in view.hub_inflight or chunk.chunk_id in view.delivering:
             continue

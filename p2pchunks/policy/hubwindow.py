@@ -85,9 +85,8 @@ class HubWindow:
             return
         self.latency = self._smooth(self.latency, first_byte_s)
         self.per_chunk = self._smooth(self.per_chunk, (seconds - first_byte_s) / self.farm)
-        assert self.latency is not None
-        assert self.per_chunk is not None
-        target = 2 + (self.latency + self.reaction_s) / max(self.per_chunk, 1e-6)
+        target = self.target
+        assert target is not None
         self._set(self.farm + min(1.0, self.step * self.members) * (target - self.farm))
 
     def failed(self) -> None:
