@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from ..policy.retry import backoff_s
+
 State = Literal["up", "down"]
 
 
@@ -101,7 +103,7 @@ class HealthBoard:
         hub.failures += 1
         hub.last_error = error
         hub.state = "down"
-        hub.retry_at = now + min(self.max_backoff, self.backoff * 2.0 ** (hub.failures - 1))
+        hub.retry_at = now + backoff_s(hub.failures, base_s=self.backoff, max_s=self.max_backoff)
 
     def abandoned(self, index: int) -> None:
         """The request was cancelled before the hub answered: nothing learned."""

@@ -29,6 +29,7 @@ import trio
 
 from ..errors import BadConfig, ChunkCorrupt, ChunkNotFound, HubError, HubUnavailable, ManifestNotFound
 from ..ids import Verifier, default_verifier, validate_chunk_id
+from ..policy.retry import backoff_s
 from .client import MAX_BACKOFF, HubClient, HubClientStats, Transport, redact
 from .health import HealthBoard
 from .ratelimit import TokenBucket
@@ -131,7 +132,7 @@ class HubPool:
         while (index := board.choose(self._clock(), done)) is not None:
             if asked[index]:
                 self._retries += 1
-                await trio.sleep(self._delay(asked[index] - 1))
+                await trio.sleep(self._delay(asked[index]))
             asked[index] += 1
             board.started(index)
             try:
@@ -164,7 +165,7 @@ class HubPool:
         for attempt in range(self.retries + 1):
             if attempt:
                 self._retries += 1
-                await trio.sleep(self._delay(attempt - 1))
+                await trio.sleep(self._delay(attempt))
             try:
                 return await self.members[0].get_manifest(url)
             except HubUnavailable:
@@ -173,9 +174,9 @@ class HubPool:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _delay(self, retry: int) -> float:
-        """As ``HubClient``: backoff·2^retry, jittered ×[0.5, 1.5), capped."""
-        return min(MAX_BACKOFF, self.backoff * 2.0**retry) * (0.5 + self._rng.random())
+    def _delay(self, failures: int) -> float:
+        """As ``HubClient``: the jittered backoff after ``failures`` failures in a row (``policy.retry``)."""
+        return backoff_s(failures, base_s=self.backoff, max_s=MAX_BACKOFF, jitter=self._rng.random())
 
     async def aclose(self) -> None:
         for member in self.members:
