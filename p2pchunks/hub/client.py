@@ -44,6 +44,8 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 MIN_BODY_BPS = 1024
 """A body must arrive at least this fast on average (after ``timeout`` of grace): a hub that trickles bytes just
 inside the read timeout cannot hold a request slot for ever. Far below any real share of a busy hub."""
+BACKOFF = 0.2
+"""Seconds before the first retry of a request (doubling per failure, up to ``MAX_BACKOFF``)."""
 MAX_BACKOFF = 10.0
 VERIFY_IN_THREAD_BYTES = 64 * 1024
 """Hashing a bigger answer blocks the event loop for long enough that a worker thread (GIL released) is cheaper."""
@@ -250,7 +252,7 @@ class HubClient:
         concurrency: int = FetchSection.hub_concurrency,
         timeout: float = FetchSection.hub_timeout_s,
         retries: int = FetchSection.hub_retries,
-        backoff: float = 0.2,
+        backoff: float = BACKOFF,
         rate_bps: float | None = None,
         verifier: Verifier = default_verifier,
         transport: Transport | None = None,

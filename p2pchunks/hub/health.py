@@ -55,7 +55,7 @@ class HubHealth:
 class HealthBoard:
     """The health of each hub of one pool (index = position in the hub list); see the module docstring."""
 
-    def __init__(self, urls: Sequence[str], budget: int, *, backoff: float = 1.0, max_backoff: float = 30.0) -> None:
+    def __init__(self, urls: Sequence[str], budget: int, *, backoff: float, max_backoff: float) -> None:
         if not urls or budget < 1 or backoff <= 0 or max_backoff < backoff:
             raise ValueError(f"health board: need hubs, budget ≥ 1, 0 < backoff ≤ max_backoff ({budget}, {backoff})")
         self.hubs = [HubHealth(url, budget) for url in urls]

@@ -27,10 +27,11 @@ from types import TracebackType
 
 import trio
 
+from ..config.schema import FetchSection
 from ..errors import BadConfig, ChunkCorrupt, ChunkNotFound, HubError, HubUnavailable, ManifestNotFound
 from ..ids import Verifier, default_verifier, validate_chunk_id
 from ..policy.retry import backoff_s
-from .client import MAX_BACKOFF, HubClient, HubClientStats, Transport, redact
+from .client import BACKOFF, MAX_BACKOFF, HubClient, HubClientStats, Transport, redact
 from .health import HealthBoard
 from .ratelimit import TokenBucket
 
@@ -55,10 +56,10 @@ class HubPool:
         self,
         urls: str | Sequence[str],
         *,
-        concurrency: int = 16,
-        timeout: float = 10.0,
-        retries: int = 3,
-        backoff: float = 0.2,
+        concurrency: int = FetchSection.hub_concurrency,
+        timeout: float = FetchSection.hub_timeout_s,
+        retries: int = FetchSection.hub_retries,
+        backoff: float = BACKOFF,
         rate_bps: float | None = None,
         verifier: Verifier = default_verifier,
         transports: Sequence[Transport] | None = None,
