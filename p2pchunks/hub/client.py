@@ -52,6 +52,11 @@ VERIFY_IN_THREAD_BYTES = 64 * 1024
 _ABSOLUTE_URL = re.compile(r"\Ahttps?://", re.IGNORECASE)
 
 
+def is_url(ref: str) -> bool:
+    """Whether ``ref`` is an absolute ``http(s)://`` URL (any case) rather than a name, e.g. of a manifest."""
+    return _ABSOLUTE_URL.match(ref) is not None
+
+
 class Transport(Protocol):
     async def fetch_chunk(self, chunk_id: str) -> bytes:
         """The bytes stored under ``chunk_id``; raises ChunkNotFound (definitive), HubTimeout, HubUnavailable."""
@@ -280,7 +285,7 @@ class HubClient:
 
     async def get_manifest(self, name_or_url: str) -> bytes:
         """A manifest by name (through the transport) or by absolute ``http(s)://`` URL."""
-        if _ABSOLUTE_URL.match(name_or_url):
+        if is_url(name_or_url):
             if self._url_fetcher is None:
                 self._url_fetcher = HttpFetcher(timeout=self.timeout, max_connections=self._concurrency)
             return await self._with_retries(partial(self._url_fetcher.get, name_or_url, ManifestNotFound), None)

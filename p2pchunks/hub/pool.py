@@ -31,11 +31,9 @@ from ..config.schema import FetchSection
 from ..errors import BadConfig, ChunkCorrupt, ChunkNotFound, HubError, HubUnavailable, ManifestNotFound
 from ..ids import Verifier, default_verifier, validate_chunk_id
 from ..policy.retry import backoff_s
-from .client import BACKOFF, MAX_BACKOFF, HubClient, HubClientStats, Transport, redact
+from .client import BACKOFF, MAX_BACKOFF, HubClient, HubClientStats, Transport, is_url, redact
 from .health import HealthBoard
 from .ratelimit import TokenBucket
-
-_ABSOLUTE = ("http://", "https://")
 
 
 def hub_urls(value: str | Sequence[str]) -> list[str]:
@@ -120,7 +118,7 @@ class HubPool:
     async def get_manifest(self, name_or_url: str) -> bytes:
         """A manifest by name (from the first hub that has it) or by absolute ``http(s)://`` URL (fetched once,
         with the pool's retries, outside the hubs' health)."""
-        if name_or_url.lower().startswith(_ABSOLUTE):
+        if is_url(name_or_url):
             return await self._fetch_url(name_or_url)
         return await self._walk(lambda member: member.get_manifest(name_or_url))
 
