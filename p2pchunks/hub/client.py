@@ -188,26 +188,22 @@ HUB_SCHEMES = ("http", "https", "rfs+http", "rfs+https", "server", "zdb")
 def transport_for(url: str, *, timeout: float, max_connections: int) -> Transport:
     """The transport for a hub URL, by scheme (see the module docstring)."""
     scheme = urlsplit(url).scheme.lower()
-    transport: Transport
     if scheme in ("http", "https"):
         return HttpTransport(url, timeout=timeout, max_connections=max_connections)
     if scheme in ("rfs+http", "rfs+https"):
         from .rfsstore import RfsHttpTransport
 
-        transport = RfsHttpTransport(url, timeout=timeout, max_connections=max_connections)
-        return transport
+        return RfsHttpTransport(url, timeout=timeout, max_connections=max_connections)
     if scheme == "server":
         from .rfsstore import RfsServerTransport
 
-        transport = RfsServerTransport(url, timeout=timeout, max_connections=max_connections)
-        return transport
+        return RfsServerTransport(url, timeout=timeout, max_connections=max_connections)
     if scheme == "zdb":
         try:
             from ..zos.zdb import ZdbTransport  # the zos extra: an HTTP-only agent never loads the zdb client
         except ImportError as error:
             raise missing_extra(error, f"the zdb:// hub {url}") from None
-        transport = ZdbTransport(url, timeout=timeout, max_connections=max_connections)
-        return transport
+        return ZdbTransport(url, timeout=timeout, max_connections=max_connections)
     raise BadConfig(f"hub URL must be one of {', '.join(s + '://' for s in HUB_SCHEMES)}; got {redact(url)!r}")
 
 
