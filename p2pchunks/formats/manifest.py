@@ -95,9 +95,12 @@ class Manifest:
     extra: dict[bytes, object] = field(default_factory=dict)
     signature: Signature | None = None
     # Set by validation: the chunk id of each torrent piece, in piece order (libtorrent's: the sorted file tree);
-    # the size of each distinct chunk. ``info`` is then kept encoded (``EncodedInfo``): an agent holds every
-    # manifest it knows, and the decoded tree of dicts costs about 1 KiB per chunk.
+    # the size of each distinct chunk; the id (SHA-256, hex, of the canonical body, which validation encodes
+    # anyway: same content, same id; the signature is not part of it). ``info`` is then kept encoded
+    # (``EncodedInfo``): an agent holds every manifest it knows, and the decoded tree of dicts costs about 1 KiB
+    # per chunk.
     piece_ids: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    manifest_id: str = field(init=False, repr=False, compare=False)
     _sizes: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -123,7 +126,8 @@ class Manifest:
                 object.__setattr__(self, "info", EncodedInfo(bencode(tree)))
         object.__setattr__(self, "_sizes", sizes)
         object.__setattr__(self, "piece_ids", pieces)
-        bencode(self._body())  # the whole body must encode (e.g. no bools in ``extra``)
+        body = bencode(self._body())  # the whole body must encode (e.g. no bools in ``extra``)
+        object.__setattr__(self, "manifest_id", hashlib.sha256(body).hexdigest())
 
     def __hash__(self) -> int:
         return hash((self.manifest_id, self.signature))
@@ -138,11 +142,6 @@ class Manifest:
     def body_bytes(self) -> bytes:
         """The canonical body (hashed into the id, and signed), encoded anew each time it is asked for."""
         return bencode(self._body())
-
-    @cached_property
-    def manifest_id(self) -> str:
-        """SHA-256 (hex) of the canonical body: same content, same id; the signature is not part of it."""
-        return hashlib.sha256(self.body_bytes).hexdigest()
 
     @cached_property
     def infohash(self) -> str | None:

@@ -44,10 +44,17 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 MIN_BODY_BPS = 1024
 """A body must arrive at least this fast on average (after ``timeout`` of grace): a hub that trickles bytes just
 inside the read timeout cannot hold a request slot for ever. Far below any real share of a busy hub."""
+BACKOFF = 0.2
+"""Seconds before the first retry of a request (doubling per failure, up to ``MAX_BACKOFF``)."""
 MAX_BACKOFF = 10.0
 VERIFY_IN_THREAD_BYTES = 64 * 1024
 """Hashing a bigger answer blocks the event loop for long enough that a worker thread (GIL released) is cheaper."""
 _ABSOLUTE_URL = re.compile(r"\Ahttps?://", re.IGNORECASE)
+
+
+def is_url(ref: str) -> bool:
+    """Whether ``ref`` is an absolute ``http(s)://`` URL (any case) rather than a name, e.g. of a manifest."""
+    return _ABSOLUTE_URL.match(ref) is not None
 
 
 class Transport(Protocol):
@@ -181,26 +188,22 @@ HUB_SCHEMES = ("http", "https", "rfs+http", "rfs+https", "server", "zdb")
 def transport_for(url: str, *, timeout: float, max_connections: int) -> Transport:
     """The transport for a hub URL, by scheme (see the module docstring)."""
     scheme = urlsplit(url).scheme.lower()
-    transport: Transport
     if scheme in ("http", "https"):
         return HttpTransport(url, timeout=timeout, max_connections=max_connections)
     if scheme in ("rfs+http", "rfs+https"):
         from .rfsstore import RfsHttpTransport
 
-        transport = RfsHttpTransport(url, timeout=timeout, max_connections=max_connections)
-        return transport
+        return RfsHttpTransport(url, timeout=timeout, max_connections=max_connections)
     if scheme == "server":
         from .rfsstore import RfsServerTransport
 
-        transport = RfsServerTransport(url, timeout=timeout, max_connections=max_connections)
-        return transport
+        return RfsServerTransport(url, timeout=timeout, max_connections=max_connections)
     if scheme == "zdb":
         try:
             from ..zos.zdb import ZdbTransport  # the zos extra: an HTTP-only agent never loads the zdb client
         except ImportError as error:
             raise missing_extra(error, f"the zdb:// hub {url}") from None
-        transport = ZdbTransport(url, timeout=timeout, max_connections=max_connections)
-        return transport
+        return ZdbTransport(url, timeout=timeout, max_connections=max_connections)
     raise BadConfig(f"hub URL must be one of {', '.join(s + '://' for s in HUB_SCHEMES)}; got {redact(url)!r}")
 
 
@@ -250,7 +253,7 @@ class HubClient:
         concurrency: int = FetchSection.hub_concurrency,
         timeout: float = FetchSection.hub_timeout_s,
         retries: int = FetchSection.hub_retries,
-        backoff: float = 0.2,
+        backoff: float = BACKOFF,
         rate_bps: float | None = None,
         verifier: Verifier = default_verifier,
         transport: Transport | None = None,
@@ -278,7 +281,7 @@ class HubClient:
 
     async def get_manifest(self, name_or_url: str) -> bytes:
         """A manifest by name (through the transport) or by absolute ``http(s)://`` URL."""
-        if _ABSOLUTE_URL.match(name_or_url):
+        if is_url(name_or_url):
             if self._url_fetcher is None:
                 self._url_fetcher = HttpFetcher(timeout=self.timeout, max_connections=self._concurrency)
             return await self._with_retries(partial(self._url_fetcher.get, name_or_url, ManifestNotFound), None)

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from ..policy.retry import backoff_s
+
 State = Literal["up", "down"]
 
 
@@ -53,7 +55,7 @@ class HubHealth:
 class HealthBoard:
     """The health of each hub of one pool (index = position in the hub list); see the module docstring."""
 
-    def __init__(self, urls: Sequence[str], budget: int, *, backoff: float = 1.0, max_backoff: float = 30.0) -> None:
+    def __init__(self, urls: Sequence[str], budget: int, *, backoff: float, max_backoff: float) -> None:
         if not urls or budget < 1 or backoff <= 0 or max_backoff < backoff:
             raise ValueError(f"health board: need hubs, budget ≥ 1, 0 < backoff ≤ max_backoff ({budget}, {backoff})")
         self.hubs = [HubHealth(url, budget) for url in urls]
@@ -101,7 +103,7 @@ class HealthBoard:
         hub.failures += 1
         hub.last_error = error
         hub.state = "down"
-        hub.retry_at = now + min(self.max_backoff, self.backoff * 2.0 ** (hub.failures - 1))
+        hub.retry_at = now + backoff_s(hub.failures, base_s=self.backoff, max_s=self.max_backoff)
 
     def abandoned(self, index: int) -> None:
         """The request was cancelled before the hub answered: nothing learned."""

@@ -27,13 +27,13 @@ from types import TracebackType
 
 import trio
 
+from ..config.schema import FetchSection
 from ..errors import BadConfig, ChunkCorrupt, ChunkNotFound, HubError, HubUnavailable, ManifestNotFound
 from ..ids import Verifier, default_verifier, validate_chunk_id
-from .client import MAX_BACKOFF, HubClient, HubClientStats, Transport, redact
+from ..policy.retry import backoff_s
+from .client import BACKOFF, MAX_BACKOFF, HubClient, HubClientStats, Transport, is_url, redact
 from .health import HealthBoard
 from .ratelimit import TokenBucket
-
-_ABSOLUTE = ("http://", "https://")
 
 
 def hub_urls(value: str | Sequence[str]) -> list[str]:
@@ -54,10 +54,10 @@ class HubPool:
         self,
         urls: str | Sequence[str],
         *,
-        concurrency: int = 16,
-        timeout: float = 10.0,
-        retries: int = 3,
-        backoff: float = 0.2,
+        concurrency: int = FetchSection.hub_concurrency,
+        timeout: float = FetchSection.hub_timeout_s,
+        retries: int = FetchSection.hub_retries,
+        backoff: float = BACKOFF,
         rate_bps: float | None = None,
         verifier: Verifier = default_verifier,
         transports: Sequence[Transport] | None = None,
@@ -118,7 +118,7 @@ class HubPool:
     async def get_manifest(self, name_or_url: str) -> bytes:
         """A manifest by name (from the first hub that has it) or by absolute ``http(s)://`` URL (fetched once,
         with the pool's retries, outside the hubs' health)."""
-        if name_or_url.lower().startswith(_ABSOLUTE):
+        if is_url(name_or_url):
             return await self._fetch_url(name_or_url)
         return await self._walk(lambda member: member.get_manifest(name_or_url))
 
@@ -131,7 +131,7 @@ class HubPool:
         while (index := board.choose(self._clock(), done)) is not None:
             if asked[index]:
                 self._retries += 1
-                await trio.sleep(self._delay(asked[index] - 1))
+                await trio.sleep(self._delay(asked[index]))
             asked[index] += 1
             board.started(index)
             try:
@@ -164,7 +164,7 @@ class HubPool:
         for attempt in range(self.retries + 1):
             if attempt:
                 self._retries += 1
-                await trio.sleep(self._delay(attempt - 1))
+                await trio.sleep(self._delay(attempt))
             try:
                 return await self.members[0].get_manifest(url)
             except HubUnavailable:
@@ -173,9 +173,9 @@ class HubPool:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _delay(self, retry: int) -> float:
-        """As ``HubClient``: backoff·2^retry, jittered ×[0.5, 1.5), capped."""
-        return min(MAX_BACKOFF, self.backoff * 2.0**retry) * (0.5 + self._rng.random())
+    def _delay(self, failures: int) -> float:
+        """As ``HubClient``: the jittered backoff after ``failures`` failures in a row (``policy.retry``)."""
+        return backoff_s(failures, base_s=self.backoff, max_s=MAX_BACKOFF, jitter=self._rng.random())
 
     async def aclose(self) -> None:
         for member in self.members:

@@ -157,9 +157,6 @@ class Torrent:
     def want_all(self, priority: int = NORMAL) -> None:
         self.set_priorities([priority] * self.pieces)
 
-    def want_none(self) -> None:
-        self.set_priorities([0] * self.pieces)
-
     def want(self, chunk_ids: Iterable[str], priority: int = TOP) -> None:
         for chunk_id in chunk_ids:
             piece = self.piece_of(chunk_id)

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from ..config.schema import TrackerSection
 from ..formats.bencoding import bencode
 from ..http.server import Request, Response
 from .peermix import mix
@@ -56,7 +57,7 @@ class Announce:
 class Tracker:
     known: Callable[[bytes], bool]
     """Whether an announced (20-byte) infohash is one this tracker serves; see :func:`known_among`."""
-    interval: int = 60
+    interval: int = TrackerSection.interval_s
     clock: Callable[[], float] | None = None
     rng: random.Random = field(default_factory=random.Random)
     committed: Callable[[bytes], bool] | None = None
