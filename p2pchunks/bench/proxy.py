@@ -17,12 +17,10 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import trio
-
 from ..agent.process import open_agent_process, write_config
 from ..cache.store import ChunkCache
 from ..ids import chunk_id_of
-from .cache import read_all
+from .cache import read_all, read_each
 
 HOST = "127.0.0.2"
 
@@ -33,41 +31,23 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+def _resp_answer(buffer: bytearray, end: int) -> tuple[int, int]:
+    if buffer[0:1] != b"$" or buffer[1:2] == b"-":
+        raise RuntimeError(f"zdb proxy answered {bytes(buffer[:end])!r}")
+    length = int(buffer[1:end])
+    return length, end + 2 + length + 2
+
+
 async def zdb_read_all(host: str, port: int, ids: list[str], clients: int, size: int) -> int:
     """``GET <raw id>`` for every id over ``clients`` connections, one at a time each; returns bytes received."""
-    total = 0
 
-    async def worker(part: list[str]) -> None:
-        nonlocal total
-        stream = await trio.open_tcp_stream(host, port)
-        buffer = bytearray(size + 64)
-        view = memoryview(buffer)
-        sock = stream.socket
-        async with stream:
-            for chunk_id in part:
-                key = bytes.fromhex(chunk_id)
-                await stream.send_all(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key))
-                filled = 0
-                while (head_end := buffer.find(b"\r\n", 0, filled)) < 0:
-                    n = await sock.recv_into(view[filled:])
-                    if n == 0:
-                        raise ConnectionError("zdb proxy closed the connection")
-                    filled += n
-                if buffer[0:1] != b"$" or buffer[1:2] == b"-":
-                    raise RuntimeError(f"zdb proxy answered {bytes(buffer[:head_end])!r}")
-                length = int(buffer[1:head_end])
-                need = head_end + 2 + length + 2
-                while filled < need:
-                    n = await sock.recv_into(view[filled:need])
-                    if n == 0:
-                        raise ConnectionError("zdb proxy closed the connection")
-                    filled += n
-                total += length
+    def request(chunk_id: str) -> bytes:
+        key = bytes.fromhex(chunk_id)
+        return b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key)
 
-    async with trio.open_nursery() as nursery:
-        for i in range(clients):
-            nursery.start_soon(worker, ids[i::clients])
-    return total
+    return await read_each(
+        host, port, ids, clients, request=request, head_end=b"\r\n", answer=_resp_answer, room=size + 64
+    )
 
 
 async def _timed(read: Callable[[], Awaitable[int]]) -> tuple[int, float]:
