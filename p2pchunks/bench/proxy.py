@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -23,12 +22,6 @@ from ..ids import chunk_id_of
 from .cache import read_all, read_each
 
 HOST = "127.0.0.2"
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _resp_answer(buffer: bytearray, end: int) -> tuple[int, int]:
@@ -68,7 +61,6 @@ async def bench_proxy(chunks: int, clients: int, chunk_kib: int = 512) -> int:
                 chunk_id = chunk_id_of(data)
                 cache.put(chunk_id, data)
                 ids.append(chunk_id)
-        zdb_port, http_port = _free_port(HOST), _free_port(HOST)
         config = write_config(
             work / "agent.toml",
             {
@@ -77,15 +69,16 @@ async def bench_proxy(chunks: int, clients: int, chunk_kib: int = 512) -> int:
                 "swarm": {"enabled": False, "listen": f"{HOST}:0"},
                 "warm": {"official": False},
                 "cache": {"budget_bytes": 16 * 2**30},
-                "rfs": {"zdb_listen": f"{HOST}:{zdb_port}", "http_listen": f"{HOST}:{http_port}"},
+                "rfs": {"zdb_listen": f"{HOST}:0", "http_listen": f"{HOST}:0"},
             },
         )
-        ways: dict[str, Callable[[], Awaitable[int]]] = {
-            "rfs_http": lambda: read_all(HOST, http_port, ids, clients, lambda i: f"/{i[:2]}/{i}", size),
-            "rfs_server": lambda: read_all(HOST, http_port, ids, clients, lambda i: f"/api/v1/block/{i}", size),
-            "zdb": lambda: zdb_read_all(HOST, zdb_port, ids, clients, size),
-        }
-        async with open_agent_process(config):
+        async with open_agent_process(config) as agent:
+            zdb_port, http_port = int(agent.ready["zdb_port"]), int(agent.ready["rfs_http_port"])
+            ways: dict[str, Callable[[], Awaitable[int]]] = {
+                "rfs_http": lambda: read_all(HOST, http_port, ids, clients, lambda i: f"/{i[:2]}/{i}", size),
+                "rfs_server": lambda: read_all(HOST, http_port, ids, clients, lambda i: f"/api/v1/block/{i}", size),
+                "zdb": lambda: zdb_read_all(HOST, zdb_port, ids, clients, size),
+            }
             for read in ways.values():  # warm the page cache, the agent and the connections' code paths
                 await read()
             timed = {name: await _timed(read) for name, read in ways.items()}
