@@ -14,7 +14,7 @@ import httpx
 import trio
 
 from p2pchunks.agent.process import open_agent_process, write_config
-from p2pchunks.bench.warmcache import anon_bytes, build_warm_cache
+from p2pchunks.bench.warmcache import build_warm_cache
 
 from .swarmkit import address
 
@@ -41,7 +41,9 @@ async def anon_after_start(work: Path, cache_mib: int) -> tuple[int, int]:
             status = (await http.get("/status")).json()
         assert status["gauges"]["torrents"] == 2  # both manifests joined the swarm, every piece handed over
         await trio.sleep(SETTLE_S)
-        return anon_bytes(agent.pid), warm.chunks
+        anon = agent.rss_bytes("RssAnon")
+    assert anon > 0, "the agent was gone before its memory was read"
+    return anon, warm.chunks
 
 
 async def test_an_agent_on_a_full_cache_holds_no_more_memory_than_on_an_empty_one(tmp_path: Path) -> None:

@@ -30,40 +30,47 @@ def chunk_path(chunk_id: str) -> str:
     return f"/chunks/{chunk_id}"
 
 
-async def read_all(
-    host: str, port: int, ids: list[str], clients: int, path: Callable[[str], str] = chunk_path, size: int = CHUNK
+Answer = Callable[[bytearray, int], tuple[int, int]]
+"""An answer's head (the buffer, where its end marker starts) → (its body's bytes, the bytes the whole answer takes);
+raises for anything but a hit."""
+
+
+async def read_each(
+    host: str,
+    port: int,
+    ids: list[str],
+    clients: int,
+    *,
+    request: Callable[[str], bytes],
+    head_end: bytes,
+    answer: Answer,
+    room: int,
 ) -> int:
-    """GET ``path(id)`` for every id over ``clients`` keep-alive connections (bodies up to ``size`` bytes);
+    """Send ``request(id)`` for every id over ``clients`` connections, one in flight on each, and read each answer
+    into the connection's reused buffer of ``room`` bytes: up to ``head_end``, then as far as ``answer`` says;
     returns body bytes received."""
     total = 0
 
     async def worker(part: list[str]) -> None:
         nonlocal total
         stream = await trio.open_tcp_stream(host, port)
-        buffer = bytearray(size + 65536)
+        buffer = bytearray(room)
         view = memoryview(buffer)
         sock = stream.socket
         async with stream:
             for chunk_id in part:
-                await stream.send_all(f"GET {path(chunk_id)} HTTP/1.1\r\nhost: bench\r\n\r\n".encode())
+                await stream.send_all(request(chunk_id))
                 filled = 0
-                while True:
+                while (end := buffer.find(head_end, 0, filled)) < 0:
                     n = await sock.recv_into(view[filled:])
                     if n == 0:
-                        raise ConnectionError("agent closed the connection")
+                        raise ConnectionError(f"{host}:{port} closed the connection")
                     filled += n
-                    head_end = buffer.find(b"\r\n\r\n", 0, filled)
-                    if head_end >= 0:
-                        break
-                head = bytes(buffer[:head_end]).lower()
-                if not head.startswith(b"http/1.1 200"):
-                    raise RuntimeError(f"agent answered {head[:40]!r}")
-                length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
-                need = head_end + 4 + length
+                length, need = answer(buffer, end)
                 while filled < need:
                     n = await sock.recv_into(view[filled:need])
                     if n == 0:
-                        raise ConnectionError("agent closed the connection")
+                        raise ConnectionError(f"{host}:{port} closed the connection")
                     filled += n
                 total += length
 
@@ -71,6 +78,28 @@ async def read_all(
         for i in range(clients):
             nursery.start_soon(worker, ids[i::clients])
     return total
+
+
+def _http_answer(buffer: bytearray, end: int) -> tuple[int, int]:
+    head = bytes(buffer[:end]).lower()
+    if not head.startswith(b"http/1.1 200"):
+        raise RuntimeError(f"agent answered {head[:40]!r}")
+    length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+    return length, end + 4 + length
+
+
+async def read_all(
+    host: str, port: int, ids: list[str], clients: int, path: Callable[[str], str] = chunk_path, size: int = CHUNK
+) -> int:
+    """GET ``path(id)`` for every id over ``clients`` keep-alive connections (bodies up to ``size`` bytes);
+    returns body bytes received."""
+
+    def request(chunk_id: str) -> bytes:
+        return f"GET {path(chunk_id)} HTTP/1.1\r\nhost: bench\r\n\r\n".encode()
+
+    return await read_each(
+        host, port, ids, clients, request=request, head_end=b"\r\n\r\n", answer=_http_answer, room=size + 65536
+    )
 
 
 async def bench_cache(chunks: int, clients: int) -> int:

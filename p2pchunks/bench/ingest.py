@@ -27,7 +27,7 @@ from ..agent.process import AgentProcess, open_agent_process, write_config
 from ..hub.server import open_hub_server
 from ..swarm.session import SwarmSettings, session_settings
 from ..swarm.torrent import add_params
-from .warmcache import anon_bytes, build_warm_cache
+from .warmcache import build_warm_cache
 
 BUDGET = 64 * 2**30
 
@@ -52,7 +52,7 @@ async def _fetch(agent: AgentProcess, ref: str) -> tuple[dict[str, Any], int]:
     async with httpx.AsyncClient(base_url=agent.api, timeout=600) as http:
         job = (await http.post("/fetch", json={"manifest": ref})).json()["job"]
         while True:
-            peak = max(peak, anon_bytes(agent.pid))
+            peak = max(peak, agent.rss_bytes("RssAnon"))
             report = (await http.get(f"/jobs/{job}")).json()
             if report["state"] != "running":
                 break

@@ -29,7 +29,6 @@ from ..hub.server import open_hub_server
 from ..ids import blake2b_verifier, chunk_relpath
 
 HEAD_LIMIT = 16 * 1024
-READY_TIMEOUT = 30.0
 
 
 # ---- the benchmark -----------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import httpx
 import trio
 
 from ..agent.process import open_agent_process, write_config
-from .warmcache import anon_bytes, build_warm_cache, free_disk
+from .warmcache import build_warm_cache, free_disk
 
 SETTLE_S = 2.0
 IDLE_S = 10.0
@@ -52,7 +52,7 @@ async def _measure(work: Path, cache_mib: int, manifests: int) -> dict[str, Any]
             "startup_s": round(startup_s, 2),
         }
         await trio.sleep(SETTLE_S)
-        figures["anon_at_start_MiB"] = anon_bytes(agent.pid) / 2**20
+        figures["anon_at_start_MiB"] = agent.rss_bytes("RssAnon") / 2**20
         cpu0 = agent.cpu_seconds()
         await trio.sleep(IDLE_S)
         figures["idle_cpu_percent"] = round(100 * (agent.cpu_seconds() - cpu0) / IDLE_S, 2)
@@ -61,17 +61,17 @@ async def _measure(work: Path, cache_mib: int, manifests: int) -> dict[str, Any]
                 answer = await http.post("/fetch", json={"manifest": manifest.manifest_id, "wait": True})
                 if answer.status_code != 200:
                     raise RuntimeError(f"fetch {manifest.name}: {answer.status_code} {answer.text}")
-            figures["anon_after_rejoin_MiB"] = anon_bytes(agent.pid) / 2**20
+            figures["anon_after_rejoin_MiB"] = agent.rss_bytes("RssAnon") / 2**20
             for manifest in warm.manifests:
                 for chunk_id in manifest.piece_ids:
                     answer = await http.get(f"/chunks/{chunk_id}")
                     if answer.status_code != 200:
                         raise RuntimeError(f"chunk {chunk_id}: {answer.status_code}")
-            figures["anon_after_serving_MiB"] = anon_bytes(agent.pid) / 2**20
+            figures["anon_after_serving_MiB"] = agent.rss_bytes("RssAnon") / 2**20
             gc = await http.post("/cache/gc", json={"dry_run": False, "force": True})
             figures["evicted"] = len(gc.json()["victims"])
             await trio.sleep(SETTLE_S)
-            figures["anon_after_eviction_MiB"] = anon_bytes(agent.pid) / 2**20
+            figures["anon_after_eviction_MiB"] = agent.rss_bytes("RssAnon") / 2**20
         figures["agent_cpu_s"] = round(agent.cpu_seconds(), 2)
     for key, value in list(figures.items()):
         if key.endswith("_MiB") and isinstance(value, float):

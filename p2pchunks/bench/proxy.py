@@ -11,63 +11,36 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import trio
-
 from ..agent.process import open_agent_process, write_config
 from ..cache.store import ChunkCache
 from ..ids import chunk_id_of
-from .cache import read_all
+from .cache import read_all, read_each
 
 HOST = "127.0.0.2"
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def _resp_answer(buffer: bytearray, end: int) -> tuple[int, int]:
+    if buffer[0:1] != b"$" or buffer[1:2] == b"-":
+        raise RuntimeError(f"zdb proxy answered {bytes(buffer[:end])!r}")
+    length = int(buffer[1:end])
+    return length, end + 2 + length + 2
 
 
 async def zdb_read_all(host: str, port: int, ids: list[str], clients: int, size: int) -> int:
     """``GET <raw id>`` for every id over ``clients`` connections, one at a time each; returns bytes received."""
-    total = 0
 
-    async def worker(part: list[str]) -> None:
-        nonlocal total
-        stream = await trio.open_tcp_stream(host, port)
-        buffer = bytearray(size + 64)
-        view = memoryview(buffer)
-        sock = stream.socket
-        async with stream:
-            for chunk_id in part:
-                key = bytes.fromhex(chunk_id)
-                await stream.send_all(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key))
-                filled = 0
-                while (head_end := buffer.find(b"\r\n", 0, filled)) < 0:
-                    n = await sock.recv_into(view[filled:])
-                    if n == 0:
-                        raise ConnectionError("zdb proxy closed the connection")
-                    filled += n
-                if buffer[0:1] != b"$" or buffer[1:2] == b"-":
-                    raise RuntimeError(f"zdb proxy answered {bytes(buffer[:head_end])!r}")
-                length = int(buffer[1:head_end])
-                need = head_end + 2 + length + 2
-                while filled < need:
-                    n = await sock.recv_into(view[filled:need])
-                    if n == 0:
-                        raise ConnectionError("zdb proxy closed the connection")
-                    filled += n
-                total += length
+    def request(chunk_id: str) -> bytes:
+        key = bytes.fromhex(chunk_id)
+        return b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key)
 
-    async with trio.open_nursery() as nursery:
-        for i in range(clients):
-            nursery.start_soon(worker, ids[i::clients])
-    return total
+    return await read_each(
+        host, port, ids, clients, request=request, head_end=b"\r\n", answer=_resp_answer, room=size + 64
+    )
 
 
 async def _timed(read: Callable[[], Awaitable[int]]) -> tuple[int, float]:
@@ -88,7 +61,6 @@ async def bench_proxy(chunks: int, clients: int, chunk_kib: int = 512) -> int:
                 chunk_id = chunk_id_of(data)
                 cache.put(chunk_id, data)
                 ids.append(chunk_id)
-        zdb_port, http_port = _free_port(HOST), _free_port(HOST)
         config = write_config(
             work / "agent.toml",
             {
@@ -97,15 +69,16 @@ async def bench_proxy(chunks: int, clients: int, chunk_kib: int = 512) -> int:
                 "swarm": {"enabled": False, "listen": f"{HOST}:0"},
                 "warm": {"official": False},
                 "cache": {"budget_bytes": 16 * 2**30},
-                "rfs": {"zdb_listen": f"{HOST}:{zdb_port}", "http_listen": f"{HOST}:{http_port}"},
+                "rfs": {"zdb_listen": f"{HOST}:0", "http_listen": f"{HOST}:0"},
             },
         )
-        ways: dict[str, Callable[[], Awaitable[int]]] = {
-            "rfs_http": lambda: read_all(HOST, http_port, ids, clients, lambda i: f"/{i[:2]}/{i}", size),
-            "rfs_server": lambda: read_all(HOST, http_port, ids, clients, lambda i: f"/api/v1/block/{i}", size),
-            "zdb": lambda: zdb_read_all(HOST, zdb_port, ids, clients, size),
-        }
-        async with open_agent_process(config):
+        async with open_agent_process(config) as agent:
+            zdb_port, http_port = int(agent.ready["zdb_port"]), int(agent.ready["rfs_http_port"])
+            ways: dict[str, Callable[[], Awaitable[int]]] = {
+                "rfs_http": lambda: read_all(HOST, http_port, ids, clients, lambda i: f"/{i[:2]}/{i}", size),
+                "rfs_server": lambda: read_all(HOST, http_port, ids, clients, lambda i: f"/api/v1/block/{i}", size),
+                "zdb": lambda: zdb_read_all(HOST, zdb_port, ids, clients, size),
+            }
             for read in ways.values():  # warm the page cache, the agent and the connections' code paths
                 await read()
             timed = {name: await _timed(read) for name, read in ways.items()}

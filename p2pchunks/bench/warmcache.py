@@ -52,14 +52,6 @@ def build_warm_cache(directory: Path, total_bytes: int, manifests: int, *, budge
     return WarmCache(directory, tuple(built))
 
 
-def anon_bytes(pid: int) -> int:
-    """``RssAnon`` of a process: the memory that is the process's own (not file pages it maps)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def free_disk(directory: Path) -> int:
     stat = os.statvfs(directory)
     return stat.f_bavail * stat.f_frsize

@@ -45,14 +45,9 @@ class AgentApi:
     async def call(self, method: str, path: str, body: Any = None, *, long: bool = False) -> Any:
         """The JSON answer; ApiError for an error status. ``long``: no read timeout (the agent works meanwhile)."""
         response = await self._send(method, path, body, long=long)
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
+        data = _json(response)
         if response.status_code >= 400:
-            message = data.get("error") if isinstance(data, dict) else None
-            detail = message or response.text.strip() or response.reason_phrase
-            raise ApiError(f"{method} {path}: {response.status_code} {detail}", response.status_code, data)
+            raise _refused(method, path, response, data)
         if data is None:
             raise ApiError(f"{method} {path}: the agent's answer is not JSON ({len(response.content)} bytes)")
         return data
@@ -61,13 +56,7 @@ class AgentApi:
         """The body of ``GET path`` (chunks, manifests)."""
         response = await self._send("GET", path, None, long=False)
         if response.status_code != 200:
-            try:
-                detail = response.json().get("error", "")
-            except (ValueError, AttributeError):
-                detail = response.text.strip()
-            raise ApiError(
-                f"GET {path}: {response.status_code} {detail or response.reason_phrase}", response.status_code
-            )
+            raise _refused("GET", path, response, _json(response))
         return response.content
 
     async def _send(self, method: str, path: str, body: Any, *, long: bool) -> httpx.Response:
@@ -85,6 +74,20 @@ class AgentApi:
             raise ApiError(
                 f"cannot reach the agent at {self.base} ({method} {path}): {type(error).__name__}{detail}"
             ) from None
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _refused(method: str, path: str, response: httpx.Response, data: Any) -> ApiError:
+    """An error answer as one ApiError: the body's ``error`` field, else its text, else the status's reason."""
+    message = data.get("error") if isinstance(data, dict) else None
+    detail = message or response.text.strip() or response.reason_phrase
+    return ApiError(f"{method} {path}: {response.status_code} {detail}", response.status_code, data)
 
 
 async def run_command(args: argparse.Namespace, base: str, token: str) -> int:

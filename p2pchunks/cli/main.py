@@ -13,6 +13,7 @@ reader that stops reading (``p2pchunks cache ls | head``) ends the command quiet
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -338,12 +339,7 @@ def _run_agent(config_path: Path | None, *, seed: bool) -> int:
     async def serve() -> None:
         async with open_agent(config) as agent:
             host = config.api.listen.rpartition(":")[0]
-            ports = {
-                "api_port": agent.ports.api,
-                "swarm_port": agent.ports.swarm,
-                "tracker_port": agent.ports.tracker,
-                "zdb_port": agent.ports.zdb,
-            }
+            ports = {f"{name}_port": port for name, port in dataclasses.asdict(agent.ports).items()}
             print(ready_line(config.agent.mode, f"{host}:{agent.ports.api}", ports, os.getpid()), flush=True)
             await trio.sleep_forever()
 

@@ -14,6 +14,7 @@ Must not know: manifests, the cache, what the blocks mean.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from types import TracebackType
 from urllib.parse import quote
 
@@ -50,7 +51,7 @@ class RoutedHub:
         if not routes:
             raise BadConfig("no store routes")
         self.routes = list(routes)
-        self._options = {"concurrency": concurrency, "timeout": timeout, "retries": retries}
+        self._pool = partial(HubPool, concurrency=concurrency, timeout=timeout, retries=retries)
         self._pools: dict[tuple[str, ...], HubPool] = {}
 
     async def get_chunk(self, chunk_id: str) -> bytes:
@@ -60,12 +61,7 @@ class RoutedHub:
             raise ChunkNotFound(chunk_id, "no route of the flist covers it")
         pool = self._pools.get(urls)
         if pool is None:
-            pool = self._pools[urls] = HubPool(
-                urls,
-                concurrency=int(self._options["concurrency"]),
-                timeout=float(self._options["timeout"]),
-                retries=int(self._options["retries"]),
-            )
+            pool = self._pools[urls] = self._pool(urls)
         return await pool.get_chunk(chunk_id)
 
     async def get_manifest(self, name_or_url: str) -> bytes:
