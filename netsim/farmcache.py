@@ -38,9 +38,7 @@ from rich.table import Table
 
 from p2pchunks.cache.index import read_held
 from p2pchunks.formats.manifest import Manifest
-from p2pchunks.hub.publish import publish
 
-from .nodeconfig import make_image
 from .runner import Run, RunOptions
 from .scenarios import Knobs, storm_config, topology
 from .topology import NodeSpec, Topology, farm
@@ -75,20 +73,7 @@ class FarmCacheRun(Run):
     """One mode of ``farm-cache``: warm-up, then the deploys (see the module's header)."""
 
     custody = True
-
-    def prepare(self) -> None:
-        """``Run.prepare`` with images of this scenario's own (``IMAGE_SEED``)."""
-        image = self.topo.image
-        size = int(image.size_mib * 2**20)
-        for i in range(self.options.images):
-            name = f"image{i}"
-            hot = make_image(self.work / "src" / name, size, image.hot_fraction, seed=IMAGE_SEED + i)
-            root = self.work / "src" / name
-            publish(root, self.work / "hub", name=name, version="1", chunk_size=image.chunk_kib * 1024, hot_paths=hot)
-            self.image_names.append(name)
-        self.image_bytes = size
-        (self.work / "nodes").mkdir(exist_ok=True)
-        (self.work / "logs").mkdir(exist_ok=True)
+    image_seed = IMAGE_SEED
 
     async def execute(self) -> dict[str, Any]:
         out: dict[str, Any] = {"errors": []}

@@ -70,6 +70,9 @@ class RunOptions:
 class Run:
     """One scenario run; use ``await Run(...).execute()``."""
 
+    image_seed = 1
+    """Image ``i``'s contents are drawn from seed ``image_seed + i`` (``nodeconfig.make_image``)."""
+
     def __init__(
         self,
         topo: Topology,
@@ -86,7 +89,6 @@ class Run:
         self.hub_processes: list[subprocess.Popen[bytes]] = []
         self.hub_urls: list[str] = []
         """``topo.hubs`` in order: the first is ``hub_url``, the rest its mirrors (same root)."""
-        self.image_bytes = 0
         self.hot_bytes = 0
         """Bytes of the images' hot (boot-critical) chunks, as published."""
         self.manifest_bytes = 0
@@ -111,10 +113,9 @@ class Run:
 
     def prepare(self) -> None:
         image = self.topo.image
-        size = int(image.size_mib * 2**20)
         for i in range(self.options.images):
             name = f"image{i}"
-            hot = make_image(self.work / "src" / name, size, image.hot_fraction, seed=i + 1)
+            hot = make_image(self.work / "src" / name, image.image_bytes, image.hot_fraction, seed=self.image_seed + i)
             published = publish(
                 self.work / "src" / name,
                 self.work / "hub",
@@ -127,7 +128,6 @@ class Run:
             sizes = {chunk.id: chunk.size for entry in published.manifest.files for chunk in entry.chunks}
             self.hot_bytes += sum(sizes[chunk_id] for chunk_id in published.manifest.hot)
             self.image_names.append(name)
-        self.image_bytes = size + 0  # the tree is exactly ``size`` bytes
         (self.work / "nodes").mkdir(exist_ok=True)
         (self.work / "logs").mkdir(exist_ok=True)
 
@@ -402,7 +402,7 @@ class Run:
         }
         last = max(done) if len(done) == len([n for n in fetching if not n.left]) and done else None
         hot = max((n.hot_s for n in fetching if n.hot_s is not None), default=None)
-        image_bytes = self.image_bytes * self.options.images
+        image_bytes = self.topo.image.image_bytes * self.options.images  # each tree is exactly that many bytes
         timeline, cpu = self.sampler.timeline, self.sampler.cpu
         stall = longest_stall(timeline, sum(1 for n in fetching if not n.left))
         first_chunk = first_hub_chunk_s(timeline, len(fetching) * self.manifest_bytes)
