@@ -81,7 +81,7 @@ class FarmCacheRun(Run):
             await trio.to_thread.run_sync(self.prepare)
             self.start_hub()
             async with httpx.AsyncClient(timeout=30.0, transport=self.backend.http_transport()) as http:
-                await self.wait_ready(http, f"{self.hub_url}_stats", "hub")
+                await self.wait_ready(http, f"{self.hub_url}_stats")
                 await http.post(f"{self.hub_url}_stats/reset")
                 start = trio.current_time()
                 with trio.fail_after(self.options.deadline_s):

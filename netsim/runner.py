@@ -22,7 +22,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +54,8 @@ class RunOptions:
     deadline_s: float = 600.0
     poll_s: float = 0.25
     images: int = 1
-    stagger_s: float = 0.0
     warm_only: bool = False
     """Nodes warm their official list by themselves (update-storm): wait for that instead of fetching."""
-    keep: bool = False
-    events: list[tuple[float, str]] = field(default_factory=list)
     sample_s: float = 0.2
     """How often the hub's counters are sampled into the timeline."""
     sample_timeout_s: float = 2.0
@@ -178,7 +175,7 @@ class Run:
     def agent(self, http: httpx.AsyncClient, node: NodeRun) -> AgentApi:
         return AgentApi(http, node, self.api(node), patience_s=self.options.patience_s, poll_s=self.options.poll_s)
 
-    async def wait_ready(self, http: httpx.AsyncClient, url: str, what: str) -> None:
+    async def wait_ready(self, http: httpx.AsyncClient, url: str) -> None:
         with trio.fail_after(60):
             while True:
                 try:
@@ -207,7 +204,7 @@ class Run:
 
     async def _drive(self, http: httpx.AsyncClient) -> None:
         for url in self.hub_urls:
-            await self.wait_ready(http, f"{url}_stats", "hub")
+            await self.wait_ready(http, f"{url}_stats")
         await self._prefill_seeds(http)
         await self._boot_nodes(http)
         for url in self.hub_urls:
@@ -256,7 +253,7 @@ class Run:
         for node in seeds:
             self.start_node(node)
         for node in seeds:
-            await self.wait_ready(http, f"{self.api(node)}/status", node.spec.name)
+            await self.wait_ready(http, f"{self.api(node)}/status")
             for name in self.image_names:
                 response = await http.post(f"{self.api(node)}/warm", json={"manifest": name, "wait": True}, timeout=600)
                 if response.status_code != 200:
@@ -318,7 +315,6 @@ class Run:
             self.sampler.cpu.read(node.spec.name, node.process.pid)
             node.process.send_signal(signal.SIGKILL)
             node.left = True
-            self.options.events.append((at, f"{node.spec.name} left"))
             scope.cancel()
 
     async def _outages(
