@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import statistics
 import tempfile
@@ -39,6 +38,7 @@ from rich.table import Table
 from p2pchunks.cache.index import read_held
 from p2pchunks.formats.manifest import Manifest
 
+from .report import quantile
 from .runner import Run, RunOptions
 from .scenarios import Knobs, storm_config, topology
 from .topology import NodeSpec, Topology, farm
@@ -167,14 +167,6 @@ class FarmCacheRun(Run):
         return {"min": min(counts, default=0), "histogram": histogram}
 
 
-def quantile(values: list[float], q: float) -> float | None:
-    """The ``q`` quantile (nearest rank) of ``values``."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))], 3)
-
-
 async def run_farm_cache(knobs: Knobs, workdir: Path | None = None) -> dict[str, Any]:
     """Both modes, custody first; the combined result (see ``summary``)."""
     topo = farm_cache_topology(knobs)
@@ -200,7 +192,9 @@ def summary(modes: dict[str, dict[str, Any]], list_bytes: int, knobs: Any) -> di
 
     def times(mode: dict[str, Any]) -> tuple[float | None, float | None]:
         seconds = mode.get("deploy_s") or []
-        return (round(statistics.median(seconds), 3) if seconds else None), quantile(seconds, 0.99)
+        if not seconds:
+            return None, None
+        return round(statistics.median(seconds), 3), round(quantile(seconds, 0.99), 3)
 
     (p50, p99), (p50_off, p99_off) = times(on), times(off)
     evicted = sum(node["last_copies_evicted"] for node in (on.get("custody") or {}).values())

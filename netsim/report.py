@@ -61,7 +61,8 @@ def _number(value: Any) -> str:
     return f"{float(value) / MIB:,.1f}"
 
 
-def _quantile(values: Sequence[float], q: float) -> float:
+def quantile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (not empty), nearest rank."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
@@ -80,7 +81,7 @@ def summary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("peer bytes", _mib(result["peer_bytes"])),
     ]
     if done:
-        rows.append(("done p50 / p90", f"{_seconds(_quantile(done, 0.5))} / {_seconds(_quantile(done, 0.9))}"))
+        rows.append(("done p50 / p90", f"{_seconds(quantile(done, 0.5))} / {_seconds(quantile(done, 0.9))}"))
     rows += [
         ("last node done", _seconds(result["last_node_done_s"])),
         ("lower bound", _seconds(result["lower_bound_s"])),
