@@ -14,7 +14,6 @@ figure is the ratio of the fastest connection's rate to the slowest's.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import signal
@@ -30,6 +29,7 @@ import h11
 import trio
 
 from p2pchunks.hub.server import raise_open_files
+from p2pchunks.ids import chunk_id_of, chunk_relpath
 
 from .backends import free_port
 
@@ -228,10 +228,10 @@ async def load_hub(
 
 def _chunk(root: Path, size: int) -> str:
     data = os.urandom(size)
-    chunk_id = hashlib.sha256(data).hexdigest()
-    folder = root / "chunks" / chunk_id[:2] / chunk_id[2:4]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / chunk_id).write_bytes(data)
+    chunk_id = chunk_id_of(data)
+    path = root / "chunks" / chunk_relpath(chunk_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
     return chunk_id
 
 
