@@ -31,7 +31,7 @@ import trio
 from p2pchunks.hub.server import raise_open_files
 from p2pchunks.ids import chunk_id_of, chunk_relpath
 
-from .backends import free_port
+from .backends import LoopbackBackend, free_port
 
 HOST = "127.0.0.1"
 RECV_BYTES = 64 * 1024
@@ -255,7 +255,7 @@ async def measure(
         argv = [sys.executable, "-m", "p2pchunks", "hub", "serve", "--root", str(root), "--listen", f"{HOST}:{port}"]
         argv += ["--latency-ms", str(latency_ms)] + (["--rate-mbps", str(rate_mbps)] if rate_mbps else [])
         log = root.parent / "hub.log"
-        hub = _spawn(argv, log)
+        hub = LoopbackBackend().spawn(None, argv, log)
         try:
             with trio.fail_after(30):
                 while True:
@@ -270,11 +270,6 @@ async def measure(
             return await load_hub(port, f"/chunks/{chunk_id}", connections, window_s, cap)
         finally:
             _stop(hub)
-
-
-def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
