@@ -31,7 +31,6 @@ class NodeRun:
     spec: NodeSpec
     address: str
     process: subprocess.Popen[bytes] | None = None
-    job: int | None = None
     done_s: float | None = None
     hot_s: float | None = None
     bytes_from_hub: int = 0

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import statistics
 import tempfile
@@ -38,9 +37,8 @@ from rich.table import Table
 
 from p2pchunks.cache.index import read_held
 from p2pchunks.formats.manifest import Manifest
-from p2pchunks.hub.publish import publish
 
-from .nodeconfig import make_image
+from .report import quantile
 from .runner import Run, RunOptions
 from .scenarios import Knobs, storm_config, topology
 from .topology import NodeSpec, Topology, farm
@@ -75,20 +73,7 @@ class FarmCacheRun(Run):
     """One mode of ``farm-cache``: warm-up, then the deploys (see the module's header)."""
 
     custody = True
-
-    def prepare(self) -> None:
-        """``Run.prepare`` with images of this scenario's own (``IMAGE_SEED``)."""
-        image = self.topo.image
-        size = int(image.size_mib * 2**20)
-        for i in range(self.options.images):
-            name = f"image{i}"
-            hot = make_image(self.work / "src" / name, size, image.hot_fraction, seed=IMAGE_SEED + i)
-            root = self.work / "src" / name
-            publish(root, self.work / "hub", name=name, version="1", chunk_size=image.chunk_kib * 1024, hot_paths=hot)
-            self.image_names.append(name)
-        self.image_bytes = size
-        (self.work / "nodes").mkdir(exist_ok=True)
-        (self.work / "logs").mkdir(exist_ok=True)
+    image_seed = IMAGE_SEED
 
     async def execute(self) -> dict[str, Any]:
         out: dict[str, Any] = {"errors": []}
@@ -96,7 +81,7 @@ class FarmCacheRun(Run):
             await trio.to_thread.run_sync(self.prepare)
             self.start_hub()
             async with httpx.AsyncClient(timeout=30.0, transport=self.backend.http_transport()) as http:
-                await self.wait_ready(http, f"{self.hub_url}_stats", "hub")
+                await self.wait_ready(http, f"{self.hub_url}_stats")
                 await http.post(f"{self.hub_url}_stats/reset")
                 start = trio.current_time()
                 with trio.fail_after(self.options.deadline_s):
@@ -182,14 +167,6 @@ class FarmCacheRun(Run):
         return {"min": min(counts, default=0), "histogram": histogram}
 
 
-def quantile(values: list[float], q: float) -> float | None:
-    """The ``q`` quantile (nearest rank) of ``values``."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))], 3)
-
-
 async def run_farm_cache(knobs: Knobs, workdir: Path | None = None) -> dict[str, Any]:
     """Both modes, custody first; the combined result (see ``summary``)."""
     topo = farm_cache_topology(knobs)
@@ -215,7 +192,9 @@ def summary(modes: dict[str, dict[str, Any]], list_bytes: int, knobs: Any) -> di
 
     def times(mode: dict[str, Any]) -> tuple[float | None, float | None]:
         seconds = mode.get("deploy_s") or []
-        return (round(statistics.median(seconds), 3) if seconds else None), quantile(seconds, 0.99)
+        if not seconds:
+            return None, None
+        return round(statistics.median(seconds), 3), round(quantile(seconds, 0.99), 3)
 
     (p50, p99), (p50_off, p99_off) = times(on), times(off)
     evicted = sum(node["last_copies_evicted"] for node in (on.get("custody") or {}).values())

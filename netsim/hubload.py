@@ -14,7 +14,6 @@ figure is the ratio of the fastest connection's rate to the slowest's.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import signal
@@ -30,8 +29,9 @@ import h11
 import trio
 
 from p2pchunks.hub.server import raise_open_files
+from p2pchunks.ids import chunk_id_of, chunk_relpath
 
-from .backends import free_port
+from .backends import LoopbackBackend, free_port
 
 HOST = "127.0.0.1"
 RECV_BYTES = 64 * 1024
@@ -228,10 +228,10 @@ async def load_hub(
 
 def _chunk(root: Path, size: int) -> str:
     data = os.urandom(size)
-    chunk_id = hashlib.sha256(data).hexdigest()
-    folder = root / "chunks" / chunk_id[:2] / chunk_id[2:4]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / chunk_id).write_bytes(data)
+    chunk_id = chunk_id_of(data)
+    path = root / "chunks" / chunk_relpath(chunk_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
     return chunk_id
 
 
@@ -255,7 +255,7 @@ async def measure(
         argv = [sys.executable, "-m", "p2pchunks", "hub", "serve", "--root", str(root), "--listen", f"{HOST}:{port}"]
         argv += ["--latency-ms", str(latency_ms)] + (["--rate-mbps", str(rate_mbps)] if rate_mbps else [])
         log = root.parent / "hub.log"
-        hub = _spawn(argv, log)
+        hub = LoopbackBackend().spawn(None, argv, log)
         try:
             with trio.fail_after(30):
                 while True:
@@ -270,11 +270,6 @@ async def measure(
             return await load_hub(port, f"/chunks/{chunk_id}", connections, window_s, cap)
         finally:
             _stop(hub)
-
-
-def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

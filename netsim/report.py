@@ -15,12 +15,15 @@ import math
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from p2pchunks.errors import BadConfig
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 REQUIRED_KEYS = (
     "scenario",
@@ -61,7 +64,8 @@ def _number(value: Any) -> str:
     return f"{float(value) / MIB:,.1f}"
 
 
-def _quantile(values: Sequence[float], q: float) -> float:
+def quantile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (not empty), nearest rank."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
@@ -80,7 +84,7 @@ def summary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("peer bytes", _mib(result["peer_bytes"])),
     ]
     if done:
-        rows.append(("done p50 / p90", f"{_seconds(_quantile(done, 0.5))} / {_seconds(_quantile(done, 0.9))}"))
+        rows.append(("done p50 / p90", f"{_seconds(quantile(done, 0.5))} / {_seconds(quantile(done, 0.9))}"))
     rows += [
         ("last node done", _seconds(result["last_node_done_s"])),
         ("lower bound", _seconds(result["lower_bound_s"])),
@@ -193,17 +197,28 @@ def write_json(result: Mapping[str, Any], path: Path) -> None:
     Path(tmp.name).replace(path)
 
 
-def plot(results: Sequence[Mapping[str, Any]], path: Path) -> None:
-    """Completion curves (nodes done vs time) and cumulative hub/peer bytes vs time, one line per result."""
+def new_figure() -> Figure:
+    """An empty figure for a plot of results (matplotlib: ``pip install 'p2pchunks[netsim]'``)."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         raise BadConfig(
             "plotting needs matplotlib: pip install 'p2pchunks[netsim]' (or pip install matplotlib)"
         ) from None
+    return Figure(figsize=(12, 4.5), layout="constrained")
+
+
+def save_figure(figure: Figure, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+
+
+def plot(results: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Completion curves (nodes done vs time) and cumulative hub/peer bytes vs time, one line per result."""
+    figure = new_figure()
     for result in results:
         validate_result(result)
-    figure = Figure(figsize=(12, 4.5), layout="constrained")
     done_ax, bytes_ax = figure.subplots(1, 2)
     for result in results:
         label = str(result["scenario"])
@@ -231,6 +246,4 @@ def plot(results: Sequence[Mapping[str, Any]], path: Path) -> None:
     for ax in (done_ax, bytes_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)

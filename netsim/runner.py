@@ -22,7 +22,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +54,8 @@ class RunOptions:
     deadline_s: float = 600.0
     poll_s: float = 0.25
     images: int = 1
-    stagger_s: float = 0.0
     warm_only: bool = False
     """Nodes warm their official list by themselves (update-storm): wait for that instead of fetching."""
-    keep: bool = False
-    events: list[tuple[float, str]] = field(default_factory=list)
     sample_s: float = 0.2
     """How often the hub's counters are sampled into the timeline."""
     sample_timeout_s: float = 2.0
@@ -69,6 +66,9 @@ class RunOptions:
 
 class Run:
     """One scenario run; use ``await Run(...).execute()``."""
+
+    image_seed = 1
+    """Image ``i``'s contents are drawn from seed ``image_seed + i`` (``nodeconfig.make_image``)."""
 
     def __init__(
         self,
@@ -86,7 +86,6 @@ class Run:
         self.hub_processes: list[subprocess.Popen[bytes]] = []
         self.hub_urls: list[str] = []
         """``topo.hubs`` in order: the first is ``hub_url``, the rest its mirrors (same root)."""
-        self.image_bytes = 0
         self.hot_bytes = 0
         """Bytes of the images' hot (boot-critical) chunks, as published."""
         self.manifest_bytes = 0
@@ -111,10 +110,9 @@ class Run:
 
     def prepare(self) -> None:
         image = self.topo.image
-        size = int(image.size_mib * 2**20)
         for i in range(self.options.images):
             name = f"image{i}"
-            hot = make_image(self.work / "src" / name, size, image.hot_fraction, seed=i + 1)
+            hot = make_image(self.work / "src" / name, image.image_bytes, image.hot_fraction, seed=self.image_seed + i)
             published = publish(
                 self.work / "src" / name,
                 self.work / "hub",
@@ -127,7 +125,6 @@ class Run:
             sizes = {chunk.id: chunk.size for entry in published.manifest.files for chunk in entry.chunks}
             self.hot_bytes += sum(sizes[chunk_id] for chunk_id in published.manifest.hot)
             self.image_names.append(name)
-        self.image_bytes = size + 0  # the tree is exactly ``size`` bytes
         (self.work / "nodes").mkdir(exist_ok=True)
         (self.work / "logs").mkdir(exist_ok=True)
 
@@ -178,7 +175,7 @@ class Run:
     def agent(self, http: httpx.AsyncClient, node: NodeRun) -> AgentApi:
         return AgentApi(http, node, self.api(node), patience_s=self.options.patience_s, poll_s=self.options.poll_s)
 
-    async def wait_ready(self, http: httpx.AsyncClient, url: str, what: str) -> None:
+    async def wait_ready(self, http: httpx.AsyncClient, url: str) -> None:
         with trio.fail_after(60):
             while True:
                 try:
@@ -207,7 +204,7 @@ class Run:
 
     async def _drive(self, http: httpx.AsyncClient) -> None:
         for url in self.hub_urls:
-            await self.wait_ready(http, f"{url}_stats", "hub")
+            await self.wait_ready(http, f"{url}_stats")
         await self._prefill_seeds(http)
         await self._boot_nodes(http)
         for url in self.hub_urls:
@@ -256,7 +253,7 @@ class Run:
         for node in seeds:
             self.start_node(node)
         for node in seeds:
-            await self.wait_ready(http, f"{self.api(node)}/status", node.spec.name)
+            await self.wait_ready(http, f"{self.api(node)}/status")
             for name in self.image_names:
                 response = await http.post(f"{self.api(node)}/warm", json={"manifest": name, "wait": True}, timeout=600)
                 if response.status_code != 200:
@@ -318,7 +315,6 @@ class Run:
             self.sampler.cpu.read(node.spec.name, node.process.pid)
             node.process.send_signal(signal.SIGKILL)
             node.left = True
-            self.options.events.append((at, f"{node.spec.name} left"))
             scope.cancel()
 
     async def _outages(
@@ -402,7 +398,7 @@ class Run:
         }
         last = max(done) if len(done) == len([n for n in fetching if not n.left]) and done else None
         hot = max((n.hot_s for n in fetching if n.hot_s is not None), default=None)
-        image_bytes = self.image_bytes * self.options.images
+        image_bytes = self.topo.image.image_bytes * self.options.images  # each tree is exactly that many bytes
         timeline, cpu = self.sampler.timeline, self.sampler.cpu
         stall = longest_stall(timeline, sum(1 for n in fetching if not n.left))
         first_chunk = first_hub_chunk_s(timeline, len(fetching) * self.manifest_bytes)

@@ -22,7 +22,7 @@ from rich.table import Table
 from p2pchunks.errors import BadConfig
 
 from .model import ModelParams, predict
-from .report import validate_result
+from .report import new_figure, save_figure, validate_result
 from .scenarios import Knobs, run, topology
 
 COLUMNS = (
@@ -109,15 +109,9 @@ def print_sweep(rows: Sequence[Mapping[str, Any]], console: Console | None = Non
 
 def plot_sweep(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     """Hub bytes per image and last node over T* (and the hot set over its bound) against N, model beside real."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise BadConfig(
-            "plotting needs matplotlib: pip install 'p2pchunks[plot]' (or pip install matplotlib)"
-        ) from None
+    figure = new_figure()
     if not rows:
         raise BadConfig("a sweep plot needs at least one row")
-    figure = Figure(figsize=(12, 4.5), layout="constrained")
     axes = figure.subplots(1, 3)
     nodes = [line["nodes"] for line in rows]
     for ax, key, title in (
@@ -135,9 +129,7 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
         ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
 
 
 def predictions(

@@ -96,6 +96,21 @@ def _table(where: str, raw: object, fields: Mapping[str, Callable[[str, object],
     return out
 
 
+def _tables(
+    where: str, top: Mapping[str, Any], key: str, fields: Mapping[str, Callable[[str, object], Any]], *required: str
+) -> list[dict[str, Any]]:
+    """The array of tables ``[[key]]`` of ``top`` (none: empty), each read by ``_table`` and holding ``required``."""
+    listed = top.get(key, [])
+    _check(isinstance(listed, list), f"{where}: '{key}' must be an array of tables ([[{key}]])")
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(cast(list[object], listed)):
+        table = _table(f"{key}[{i}]", item, fields)
+        for name in required:
+            _check(name in table, f"{where}: missing key '{key}[{i}].{name}'")
+        out.append(table)
+    return out
+
+
 _HUB = {"latency_ms": _number, "rate_mbps": _rate, "protocol": _string, "down": _windows}
 _IMAGE = {"size_mib": _number, "chunk_kib": _integer, "hot_fraction": _number, "count": _integer}
 _GEN = {
@@ -147,38 +162,25 @@ def topology_from_dict(raw: Mapping[str, object], where: str = "topology") -> To
         nodes.extend(farm(**gen))
         if leave:
             nodes = list(with_churn(tuple(nodes), leave, leave_s))
-    explicit = top.get("node", [])
-    _check(isinstance(explicit, list), f"{where}: 'node' must be an array of tables ([[node]])")
+    explicit = _tables(where, top, "node", _NODE, "name", "farm", "role")
     used = {node.address for node in nodes}
     spare = (a for a in loopback_addresses(2, len(nodes) + len(explicit) + len(used) + 1) if a not in used)
-    for i, item in enumerate(cast(list[object], explicit)):
-        fields = _table(f"node[{i}]", item, _NODE)
-        for key in ("name", "farm", "role"):
-            _check(key in fields, f"{where}: missing key 'node[{i}].{key}'")
+    for fields in explicit:
         fields.setdefault("up_mbps", None)
         fields.setdefault("down_mbps", None)
         if "address" not in fields:
             fields["address"] = next(spare)
         nodes.append(NodeSpec(**fields))
-    links = top.get("wan", [])
-    _check(isinstance(links, list), f"{where}: 'wan' must be an array of tables ([[wan]])")
-    wan = []
-    for i, item in enumerate(cast(list[object], links)):
-        fields = _table(f"wan[{i}]", item, _WAN)
-        _check("farm" in fields, f"{where}: missing key 'wan[{i}].farm'")
-        wan.append(WanSpec(**fields))
-    hub = dict(top.get("hub", {}))
-    listed = top.get("mirror", [])
-    _check(isinstance(listed, list), f"{where}: 'mirror' must be an array of tables ([[mirror]])")
-    mirrors = tuple(HubSpec(**_table(f"mirror[{i}]", item, _HUB)) for i, item in enumerate(cast(list[object], listed)))
+    wan = tuple(WanSpec(**fields) for fields in _tables(where, top, "wan", _WAN, "farm"))
+    mirrors = tuple(HubSpec(**fields) for fields in _tables(where, top, "mirror", _HUB))
     return Topology(
-        hub=HubSpec(**hub),
+        hub=HubSpec(**top.get("hub", {})),
         mirrors=mirrors,
         nodes=tuple(nodes),
         image=ImageSpec(**top["image"]),
         swarm=top.get("swarm", True),
         stagger_s=top.get("stagger_s", 0.0),
-        wan=tuple(wan),
+        wan=wan,
     )
 
 

@@ -40,6 +40,11 @@ def _check_rate(name: str, value: float | None) -> None:
     _check(value is None or (math.isfinite(value) and value > 0), f"{name} must be a positive number or None: {value}")
 
 
+def _bps(mbps: float | None) -> float:
+    """A rate in bytes per second (``math.inf`` when uncapped)."""
+    return math.inf if mbps is None else mbps * MBPS
+
+
 @dataclass(frozen=True)
 class HubSpec:
     latency_ms: float = 50
@@ -60,7 +65,7 @@ class HubSpec:
     @property
     def rate_bps(self) -> float:
         """Hub egress in bytes per second (``math.inf`` when uncapped)."""
-        return math.inf if self.rate_mbps is None else self.rate_mbps * MBPS
+        return _bps(self.rate_mbps)
 
     def is_down(self, t: float) -> bool:
         return any(start <= t < end for start, end in self.down)
@@ -106,11 +111,11 @@ class NodeSpec:
 
     @property
     def up_bps(self) -> float:
-        return math.inf if self.up_mbps is None else self.up_mbps * MBPS
+        return _bps(self.up_mbps)
 
     @property
     def down_bps(self) -> float:
-        return math.inf if self.down_mbps is None else self.down_mbps * MBPS
+        return _bps(self.down_mbps)
 
 
 @dataclass(frozen=True)
@@ -167,11 +172,11 @@ class WanSpec:
 
     @property
     def up_bps(self) -> float:
-        return math.inf if self.up_mbps is None else self.up_mbps * MBPS
+        return _bps(self.up_mbps)
 
     @property
     def down_bps(self) -> float:
-        return math.inf if self.down_mbps is None else self.down_mbps * MBPS
+        return _bps(self.down_mbps)
 
 
 @dataclass(frozen=True)

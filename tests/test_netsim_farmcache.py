@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from netsim.farmcache import CACHE_IMAGES, node_sections, quantile, summary
+from netsim.farmcache import CACHE_IMAGES, node_sections, summary
 from netsim.nodeconfig import node_config
 from netsim.scenarios import knobs_for, storm_config, topology
 from p2pchunks.config.schema import load_config
@@ -34,19 +34,6 @@ def test_each_node_warms_the_signed_list_with_a_budget_of_four_images(tmp_path: 
     assert config.warm.official
     assert config.warm.max_start_delay_s == 0.0
     assert Path(config.warm.official_file).read_text().count("[[image]]") == 6
-
-
-@pytest.mark.parametrize(
-    ("values", "q", "expected"),
-    [
-        ([], 0.5, None),
-        ([3.0], 0.99, 3.0),
-        ([1.0, 2.0, 3.0, 4.0], 0.5, 2.0),
-        ([float(i) for i in range(100)], 0.99, 98.0),
-    ],
-)
-def test_quantile_is_the_nearest_rank(values: list[float], q: float, expected: float | None) -> None:
-    assert quantile(values, q) == expected
 
 
 def mode(warm: int, deploy: int, copies: tuple[int, int], seconds: list[float]) -> dict[str, Any]:
@@ -77,3 +64,12 @@ def test_the_result_has_the_issues_keys() -> None:
     assert result["corrupt_chunks"] == 0
     assert result["custody_last_copies_evicted"] == 1
     assert result["errors"] == []
+
+
+def test_a_mode_without_deploy_times_has_no_quantiles() -> None:
+    knobs = knobs_for("farm-cache")
+    on = mode(100, 5, (2, 2), [])
+    off = mode(110, 1000, (0, 0), [float(i) for i in range(100)])
+    result = summary({"custody": on, "no_custody": off}, 100, knobs)
+    assert (result["deploy_p50_s"], result["deploy_p99_s"]) == (None, None)
+    assert result["deploy_p99_s_no_custody"] == 98.0  # nearest rank

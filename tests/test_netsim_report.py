@@ -11,7 +11,16 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from netsim.report import REQUIRED_KEYS, node_rows, plot, print_table, summary_rows, validate_result, write_json
+from netsim.report import (
+    REQUIRED_KEYS,
+    node_rows,
+    plot,
+    print_table,
+    quantile,
+    summary_rows,
+    validate_result,
+    write_json,
+)
 from p2pchunks.errors import BadConfig
 
 MIB = 1024 * 1024
@@ -147,3 +156,15 @@ def test_the_per_node_table_shows_each_nodes_own_completion_time() -> None:
     print_table(accounted(), Console(file=out, width=140, color_system=None))
     assert "bytes per node" in out.getvalue()
     assert node_rows(result()) == []
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [
+        ([3.0], 0.99, 3.0),
+        ([1.0, 2.0, 3.0, 4.0], 0.5, 2.0),
+        ([float(i) for i in range(100)], 0.99, 98.0),
+    ],
+)
+def test_quantile_is_the_nearest_rank(values: list[float], q: float, expected: float) -> None:
+    assert quantile(values, q) == expected

@@ -231,6 +231,9 @@ def test_load_full_topology(tmp_path: Path) -> None:
         ("[image]\nsize_mib = 1\n[nodes]\nn = 1\nnat = 1\n[[wan]]\nup_mbps = 3", "missing key 'wan\\[0\\].farm'"),
         ("[image]\nsize_mib = 1\n[nodes]\nn = 1\nnat = 1\n[[wan]]\nfarm = 'farm0'\nspeed = 3", "wan\\[0\\].speed"),
         ("[image]\nsize_mib = 1\n[nodes]\nn = 1\n[[wan]]\nfarm = 'farm0'", "not a farm with NAT nodes"),
+        ("wan = 1\n[image]\nsize_mib = 1\n[nodes]\nn = 1", "'wan' must be an array of tables"),
+        ("mirror = 1\n[image]\nsize_mib = 1\n[nodes]\nn = 1", "'mirror' must be an array of tables"),
+        ("[image]\nsize_mib = 1\n[nodes]\nn = 1\n[[mirror]]\nlatency = 3", "unknown key 'mirror\\[0\\].latency'"),
     ],
 )
 def test_load_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
