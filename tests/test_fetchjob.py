@@ -79,14 +79,8 @@ class FakeTorrent:
     def availability(self) -> list[int]:
         return [1 if c in self.held_by_peers else 0 for c in self.manifest.chunk_ids]
 
-    def have(self) -> list[bool]:
-        return [False] * self.pieces
-
-    def download_rate(self) -> int:
-        return 10**9
-
-    def seeded(self) -> bool:
-        return self.tracker_counts_a_seed
+    def progress(self) -> tuple[list[bool], int, bool]:
+        return [False] * self.pieces, 10**9, self.tracker_counts_a_seed
 
     def set_priorities(self, priorities: list[int]) -> None:
         self.pushed.append(list(priorities))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import libtorrent as lt
 
@@ -20,6 +20,14 @@ from .peerbytes import ConnectionCount
 
 NORMAL = 4
 TOP = 7
+
+
+class Progress(NamedTuple):
+    have: list[bool]
+    """Which pieces libtorrent holds (piece order), including those not yet handed to the cache."""
+    download_bps: int
+    seeded: bool
+    """The trackers count at least one seed in this swarm (``num_complete``; -1 while unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +99,10 @@ class Torrent:
         """How many connected peers have each piece (piece order)."""
         return list(self.handle.piece_availability())
 
-    def download_rate(self) -> int:
-        return int(self.handle.status().download_payload_rate)
-
-    def seeded(self) -> bool:
-        """The trackers count at least one seed in this swarm (``num_complete``; -1 while unknown)."""
-        return int(self.handle.status().num_complete) > 0
+    def progress(self) -> Progress:
+        """Possession, payload rate and whether a seed is known, from one status query."""
+        status = self.handle.status(lt.torrent_handle.query_pieces)
+        return Progress(list(status.pieces), int(status.download_payload_rate), int(status.num_complete) > 0)
 
     def peer_counters(self) -> list[ConnectionCount]:
         """Payload bytes each live connection has carried since it opened (libtorrent's per-peer totals)."""
