@@ -1,5 +1,5 @@
 """The farm view against fake torrents on trio's mock clock: who is a farm-mate, members held after they leave,
-replica counts from availability or from farm-mates' bitfields, official chunks without a torrent, the histogram."""
+replica counts from farm-mates' bitfields, official chunks without a torrent, the histogram."""
 
 from __future__ import annotations
 
@@ -10,21 +10,15 @@ import pytest
 import trio
 import trio.testing
 
-from p2pchunks.agent.farm import FarmView, on_local_network
+from p2pchunks.agent.farm import FarmView
 from p2pchunks.formats.manifest import Manifest
 from p2pchunks.policy.custody import assigned_copies
 from p2pchunks.policy.eviction import FarmHints
+from p2pchunks.swarm.addresses import on_local_network
 
 from .test_fetchjob import manifest
 
 ME = "10.0.0.1"
-
-
-@dataclass(frozen=True)
-class Peer:
-    ip: str
-    seed: bool = False
-    pieces: int = 0
 
 
 @dataclass
@@ -32,12 +26,6 @@ class FakeTorrent:
     manifest: Manifest
     bitfields: dict[str, list[bool]] = field(default_factory=dict)
     """Each connected peer's pieces."""
-
-    def peers(self) -> Sequence[Peer]:
-        return [Peer(ip) for ip in self.bitfields]
-
-    def availability(self) -> list[int]:
-        return [sum(b[i] for b in self.bitfields.values()) for i in range(len(self.manifest.piece_ids))]
 
     def peer_pieces(self) -> list[tuple[str, list[bool]]]:
         return list(self.bitfields.items())
@@ -81,7 +69,7 @@ async def test_members_replicas_and_the_histogram(autojump_clock: trio.testing.M
     farm = view([official], [m], held={m.piece_ids[1]}, hints=hints)
     await farm.refresh()
     assert farm.members() == {ME, mate, "10.0.0.3"}
-    assert hints.replicas == {m.piece_ids[0]: 2, m.piece_ids[1]: 1}  # every peer a farm-mate: the availability
+    assert hints.replicas == {m.piece_ids[0]: 2, m.piece_ids[1]: 1}  # the farm-mates' bitfields
     assert farm.histogram == {"0": n - 2, "1": 0, "2": 2, "3+": 0}  # piece 1: a farm-mate and this node
     # a stranger (not on the LAN) with everything: not a member, not counted (the farm-mates' bitfields are)
     official.bitfields[stranger] = [True] * n

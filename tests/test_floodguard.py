@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from p2pchunks.swarm.floodguard import FloodGuard, from_internet, prefix_range, share_of
+from p2pchunks.swarm.addresses import from_internet
+from p2pchunks.swarm.floodguard import FloodGuard, prefix_range, share_of
 
 
 def test_shares_leave_room_for_everyone_else() -> None:
@@ -93,7 +94,7 @@ def test_shares_are_enforced_only_when_slots_are_scarce() -> None:
     assert list(guard.blocked) == [("127.9.0.1", "127.9.0.1")]
 
 
-@pytest.mark.parametrize("ip", ["10.1.2.3", "192.168.1.9", "172.16.0.4", "100.64.0.7", "169.254.1.1", "fd00::5"])
+@pytest.mark.parametrize("ip", ["10.1.2.3", "192.168.1.9", "172.16.0.4", "169.254.1.1", "fd00::5", "::ffff:10.0.0.9"])
 def test_the_farm_on_the_lan_is_never_counted(ip: str) -> None:
     guard = FloodGuard(per_address=1, per_prefix=2)
     assert not any(guard.opened(ip, port, now=0) for port in range(1, 50))
@@ -102,7 +103,11 @@ def test_the_farm_on_the_lan_is_never_counted(ip: str) -> None:
 
 @pytest.mark.parametrize(
     ("ip", "stranger"),
-    [("127.66.0.1", True), ("8.8.4.4", True), ("2a02:db8::1", True), ("10.0.0.1", False), ("fe80::1", False)],
-)
+    [
+        ("127.66.0.1", True), ("::1", True), ("8.8.4.4", True), ("2a02:db8::1", True),
+        ("100.64.0.7", True),  # carrier-grade NAT: other customers of the ISP, not the node's farm
+        ("10.0.0.1", False), ("fe80::1", False), ("::ffff:192.168.1.2", False),
+    ],
+)  # fmt: skip
 def test_from_internet(ip: str, stranger: bool) -> None:
     assert from_internet(ip) is stranger

@@ -3,12 +3,12 @@
 Owns, refreshed every ``refresh_s`` on the agent's thread:
 
 * the farm's **members**: this node plus the connected peers of the official torrents whose address is on a local
-  network (private, loopback and link-local ranges: the ranges libtorrent itself puts in its local peer class),
+  network (``swarm.addresses``: the ranges libtorrent itself puts in its local peer class),
   each held ``hold_s`` after it was last seen (``policy.custody.Membership``: a farm-mate that restarts, or whose
   torrent is added again after an eviction, is not a member leaving). libtorrent's ``local_connection`` peer flag
   means "we dialled it", not "on our network", so the address decides;
-* the **replica count** of every chunk of the node's torrents: how many farm-mates hold it, from the torrents'
-  per-piece availability when every peer is a farm-mate, else from the farm-mates' bitfields; for chunks of
+* the **replica count** of every chunk of the node's torrents: how many farm-mates hold it, from the farm-mates'
+  bitfields; for chunks of
   official images without a torrent, the custody assignment (``assigned_copies``). It is published to the cache's
   eviction as the ``FarmHints`` snapshot (replaced whole, read by the cache's threads);
 * the **histogram** of farm copies (farm-mates plus this node) of the official list's chunks.
@@ -19,7 +19,6 @@ the cache's internals: it reads torrents and the cache through the few calls it 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -29,7 +28,7 @@ import trio
 from ..formats.manifest import Manifest
 from ..policy.custody import Membership, assigned_copies, histogram
 from ..policy.eviction import FarmHints
-from .fetchjob import PeerLike
+from ..swarm.addresses import on_local_network
 
 log = logging.getLogger(__name__)
 
@@ -39,28 +38,7 @@ class FarmTorrent(Protocol):
 
     manifest: Manifest
 
-    def peers(self) -> Sequence[PeerLike]: ...
-    def availability(self) -> list[int]: ...
     def peer_pieces(self) -> list[tuple[str, list[bool]]]: ...
-
-
-def on_local_network(ip: str) -> bool:
-    """An address of this node's local network: private, loopback or link-local (IPv4 and IPv6)."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    private = (
-        address.is_loopback
-        or address.is_link_local
-        or any(address in net for net in _PRIVATE if net.version == address.version)
-    )
-    return bool(private)
-
-
-_PRIVATE = tuple(ipaddress.ip_network(net) for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"))
 
 
 class FarmView:
@@ -149,17 +127,16 @@ class FarmView:
         self.refreshes += 1
 
     def _count(self, torrent: FarmTorrent, replicas: dict[str, int]) -> set[str]:
-        """Add the farm-mates' copies of ``torrent``'s pieces to ``replicas``; the farm-mates connected to it."""
-        peers = torrent.peers()
-        mates = {peer.ip for peer in peers if on_local_network(peer.ip)}
+        """Add the farm-mates' copies of ``torrent``'s pieces to ``replicas``; the farm-mates connected to it.
+
+        Counted from the farm-mates' bitfields, one walk over the connections: libtorrent's per-piece availability
+        would count peers outside the farm too, and it is empty once this node seeds the torrent."""
+        bitfields = torrent.peer_pieces()
+        mates = {ip for ip, _ in bitfields if on_local_network(ip)}
         if not mates:
             return mates
-        if all(on_local_network(peer.ip) for peer in peers):
-            counts = torrent.availability()
-        else:  # some peers are outside the farm: only the farm-mates' bitfields count
-            counts = _local_counts(torrent.peer_pieces(), mates)
         ids = torrent.manifest.piece_ids
-        for piece, n in enumerate(counts[: len(ids)]):
+        for piece, n in enumerate(_local_counts(bitfields, mates)[: len(ids)]):
             if n > replicas.get(ids[piece], 0):
                 replicas[ids[piece]] = n
         return mates

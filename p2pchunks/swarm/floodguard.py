@@ -12,9 +12,9 @@ False``, stops the handshaken ones but not the idle ones (measured: the honest l
 would also cut a farm behind one NAT to one connection per torrent. The guard counts every inbound connection,
 handshaken or not, and stops an address (a prefix) at a quarter (a half) of the limit: room for a farm behind one
 NAT, and always room left for everyone else. It acts only when slots are scarce (half the limit in use): a farm
-behind one NAT with more nodes than a quarter of an idle seed's slots harms nobody and keeps its seed. Addresses
-that cannot come from the internet (private, link-local, carrier NAT: the node's own farm on its LAN) are not
-counted; loopback is, as the lab's stand-in for the internet.
+behind one NAT with more nodes than a quarter of an idle seed's slots harms nobody and keeps its seed. Addresses on
+the node's local network (``addresses``: its own farm) are not counted; loopback is, as the lab's stand-in for the
+internet.
 
 It must not know libtorrent, trio, sockets or the clock: times come in as ``now``.
 """
@@ -25,6 +25,8 @@ import ipaddress
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .addresses import from_internet
+
 BAN_S = 60.0
 """How long a source that took more than its share stays blocked."""
 
@@ -32,12 +34,6 @@ BAN_S = 60.0
 def share_of(connections_limit: int) -> tuple[int, int]:
     """(per address, per prefix): a quarter and a half of the session's connection limit, at least 4 and 8."""
     return max(4, connections_limit // 4), max(8, connections_limit // 2)
-
-
-def from_internet(ip: str) -> bool:
-    """Whether ``ip`` may be a stranger's: a global address, or loopback (the lab's internet)."""
-    address = ipaddress.ip_address(ip)
-    return address.is_global or address.is_loopback
 
 
 def prefix_range(ip: str) -> tuple[str, str]:
