@@ -33,8 +33,9 @@ import trio
 from ..cache.store import ChunkCache
 from ..config.schema import split_hostport
 from ..errors import BadConfig, BadRequest, ManifestNotFound, P2PChunksError, http_status
+from ..http.messages import error_response
 from ..http.server import Request, Response, json_response
-from ..ids import is_chunk_id, validate_chunk_id
+from ..ids import validate_chunk_id
 from ..policy.eviction import Pin, explain
 from .datapath import DataPath
 from .jobs import JobTable, job_json
@@ -66,13 +67,13 @@ class Api:
 
     async def handle(self, request: Request) -> Response:
         if self.s.token and not self._authorized(request):
-            return _error(401, "missing or wrong bearer token")
+            return error_response(401, "missing or wrong bearer token")
         try:
             response = await self._route(request)
         except P2PChunksError as error:
             # name the chunk whatever the error (CacheFull, HubError, ...)
             chunk = _requested_chunk(request) or getattr(error, "chunk_id", None)
-            response = _error(http_status(error), str(error), chunk)
+            response = error_response(http_status(error), str(error), chunk)
         self.s.stats.api_requests[str(response.status)] += 1
         return response
 
@@ -102,8 +103,8 @@ class Api:
         if len(parts) == 2 and parts[0] == "cache" and method == "POST":
             return await self._cache_action(parts[1], _json_body(request))
         if parts and parts[0] in ("chunks", "status", "metrics", "fetch", "warm", "fill", "jobs", "manifests", "cache"):
-            return _error(405 if len(parts) <= 2 else 404, f"{method} {request.path} is not supported")
-        return _error(404, f"no route {request.path}")
+            return error_response(405 if len(parts) <= 2 else 404, f"{method} {request.path} is not supported")
+        return error_response(404, f"no route {request.path}")
 
     async def _chunk(self, chunk_id: str, request: Request, *, head: bool) -> Response:
         validate_chunk_id(chunk_id)
@@ -111,7 +112,7 @@ class Api:
         if head:
             size = await self.s.datapath.size_of(chunk_id)
             if size is None:
-                return _error(404, f"chunk {chunk_id} is not cached", chunk_id)
+                return error_response(404, f"chunk {chunk_id} is not cached", chunk_id)
             return Response(200, [*headers, ("content-length", str(size))], b"")
         data = await self.s.datapath.chunk(chunk_id)
         self.s.stats.chunks_served += 1
@@ -144,16 +145,16 @@ class Api:
     def _job(self, raw: str, request: Request) -> Response:
         job = self.s.jobs.get(int(raw)) if _whole_number(raw) else None
         if job is None:
-            return _error(404, f"no job {raw!r}")
+            return error_response(404, f"no job {raw!r}")
         since = request.query.get("since")
         if since is not None and not _whole_number(since):
-            return _error(400, "since must be a whole number")
+            return error_response(400, "since must be a whole number")
         return json_response(200, job_json(job, since=None if since is None else int(since)))
 
     async def _cache_list(self, request: Request) -> Response:
         raw = request.query.get("limit", "100")
         if not _whole_number(raw):
-            return _error(400, "limit must be a whole number")
+            return error_response(400, "limit must be a whole number")
         limit = min(int(raw), MAX_LIST)
         entries = await trio.to_thread.run_sync(lambda: self.s.cache.entries(limit))
         usage = await trio.to_thread.run_sync(self.s.cache.usage)
@@ -181,7 +182,7 @@ class Api:
             plan = await trio.to_thread.run_sync(lambda: cache.gc(dry_run=dry_run, force=force))
             return json_response(200, {"victims": [v.chunk_id for v in plan.victims], "explain": explain(plan)})
         if action not in ("pin", "unpin"):
-            return _error(404, f"no cache action {action!r}")
+            return error_response(404, f"no cache action {action!r}")
         pin = Pin.NONE if action == "unpin" else _pin(body.get("pin", "user"))
         if "chunk" in body:
             chunk_id = validate_chunk_id(str(body["chunk"]))
@@ -243,13 +244,6 @@ def _json_body(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     return data
-
-
-def _error(status: int, message: str, chunk_id: str | None = None) -> Response:
-    body: dict[str, Any] = {"error": message, "status": status}
-    if chunk_id is not None and is_chunk_id(chunk_id):
-        body["chunk"] = chunk_id
-    return json_response(status, body)
 
 
 def check_exposure(listen: str, token: str) -> None:

@@ -18,6 +18,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 
+from ..ids import is_chunk_id
+
 __all__ = ["Body", "FileBody", "Handler", "OnSent", "Request", "Response", "json_response"]
 
 
@@ -64,12 +66,16 @@ def json_response(status: int, obj: object, headers: Iterable[tuple[str, str]] =
     return Response(status, [("content-type", "application/json"), *headers], body)
 
 
-def error_body(status: int, message: str) -> bytes:
-    return json.dumps({"error": message, "status": status}, separators=(",", ":")).encode()
+def error_body(status: int, message: str, chunk: str | None = None) -> bytes:
+    """``{"error", "status"}``, and ``"chunk"`` when the error concerns a chunk (only a well-formed id is echoed)."""
+    body: dict[str, object] = {"error": message, "status": status}
+    if chunk is not None and is_chunk_id(chunk):
+        body["chunk"] = chunk
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
-def error_response(status: int, message: str) -> Response:
-    return Response(status, [("content-type", "application/json")], error_body(status, message))
+def error_response(status: int, message: str, chunk: str | None = None) -> Response:
+    return Response(status, [("content-type", "application/json")], error_body(status, message, chunk))
 
 
 def response_head(response: Response) -> h11.Response:

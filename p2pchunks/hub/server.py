@@ -36,8 +36,9 @@ import trio
 
 from ..errors import BadChunkId
 from ..extras import missing_extra
+from ..http.messages import error_response
 from ..http.server import FileBody, Request, Response, ServerLimits, json_response, serve_http
-from ..ids import validate_chunk_id
+from ..ids import chunk_relpath, validate_chunk_id
 from .ratelimit import TokenBucket
 from .stats import HubStats
 
@@ -163,7 +164,7 @@ class HubServer:
         if self.latency_ms > 0:
             await trio.sleep(self.latency_ms / 1000)
         if not self.available:
-            return _error(503, "hub is down (outage emulation)")
+            return error_response(503, "hub is down (outage emulation)")
         if parts[0] == "manifests" and parts[1:] in ([], [""]):
             return await self._list_manifests() if method in ("GET", "HEAD") else _not_allowed()
         if method not in ("GET", "HEAD"):
@@ -172,7 +173,7 @@ class HubServer:
             return self._chunk(request, parts[1:])
         if parts[0] == "manifests" and len(parts) == 2:
             return await self._manifest(request, parts[1])
-        return _error(404, f"no route {request.path[:200]}")
+        return error_response(404, f"no route {request.path[:200]}")
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -222,27 +223,27 @@ class HubServer:
                 other.available = self.available
             return json_response(200, {"available": self.available})
         if parts[0] in ("_stats", "_admin") and len(parts) <= 2:
-            return _error(405 if method != "GET" or parts[0] != "_stats" else 404, "not supported")
-        return _error(404, "no such route")
+            return error_response(405 if method != "GET" or parts[0] != "_stats" else 404, "not supported")
+        return error_response(404, "no such route")
 
     def _chunk(self, request: Request, parts: list[str]) -> Response:
         try:
             chunk_id = validate_chunk_id(parts[-1])
         except BadChunkId as error:
-            return _error(400, str(error))
+            return error_response(400, str(error))
         if len(parts) == 3 and (parts[0], parts[1]) != (chunk_id[0:2], chunk_id[2:4]):
-            return _error(404, f"chunk {chunk_id} is not under {parts[0]}/{parts[1]}", chunk_id)
-        path = self.root / "chunks" / chunk_id[0:2] / chunk_id[2:4] / chunk_id
+            return error_response(404, f"chunk {chunk_id} is not under {parts[0]}/{parts[1]}", chunk_id)
+        path = self.root / "chunks" / chunk_relpath(chunk_id)
         try:
             stat = path.stat()
         except OSError:
-            return _error(404, f"chunk {chunk_id} not found", chunk_id)
+            return error_response(404, f"chunk {chunk_id} not found", chunk_id)
         return self._representation(request, f'"{chunk_id}"', stat.st_size, stat.st_mtime, path)
 
     async def _manifest(self, request: Request, filename: str) -> Response:
         name = filename.removesuffix(".p2p")
         if name == filename or _MANIFEST_NAME.match(name) is None or ".." in name:
-            return _error(404, f"no manifest {filename[:200]!r}")
+            return error_response(404, f"no manifest {filename[:200]!r}")
         path = self.root / "manifests" / filename
         try:
             stat = path.stat()
@@ -253,7 +254,7 @@ class HubServer:
                 manifest = _Manifest(key, data, f'"{hashlib.sha256(data).hexdigest()}"')
                 self._manifests[name] = manifest
         except OSError:
-            return _error(404, f"no manifest {name!r}")
+            return error_response(404, f"no manifest {name!r}")
         return self._representation(request, manifest.etag, len(manifest.data), stat.st_mtime, manifest.data)
 
     async def _list_manifests(self) -> Response:
@@ -332,15 +333,8 @@ async def _paced(
             os.close(fd)
 
 
-def _error(status: int, message: str, chunk_id: str | None = None) -> Response:
-    body: dict[str, object] = {"error": message, "status": status}
-    if chunk_id is not None:
-        body["chunk"] = chunk_id
-    return json_response(status, body)
-
-
 def _not_allowed() -> Response:
-    response = _error(405, "method not allowed")
+    response = error_response(405, "method not allowed")
     response.headers.append(("allow", "GET, HEAD"))
     return response
 

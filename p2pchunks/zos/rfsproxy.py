@@ -22,13 +22,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import trio
 
 from ..errors import BadChunkId, P2PChunksError, http_status
-from ..http.server import Request, Response, ServerLimits, json_response, serve_http
-from ..ids import is_chunk_id, validate_chunk_id
+from ..http.messages import error_response
+from ..http.server import Request, Response, ServerLimits, serve_http
+from ..ids import validate_chunk_id
 
 __all__ = ["RfsStoreRoutes", "block_of", "serve_rfs_store"]
 
@@ -66,35 +66,28 @@ class RfsStoreRoutes:
     async def handle(self, request: Request) -> Response:
         block = block_of(request.path)
         if block is None:
-            return _error(404, f"no route {request.path[:200]}")
+            return error_response(404, f"no route {request.path[:200]}")
         if request.method not in ("GET", "HEAD"):
-            return _error(405, f"{request.method} {request.path[:200]} is not supported", block)
+            return error_response(405, f"{request.method} {request.path[:200]} is not supported", block)
         try:
             validate_chunk_id(block)
             if request.method == "HEAD":
                 return await self._head(block)
             data = await self._read(block)
         except BadChunkId as error:
-            return _error(400, str(error))
+            return error_response(400, str(error))
         except P2PChunksError as error:
             self.missed += 1
             log.info("rfs store proxy: GET %s → %s (%s)", block, http_status(error), error)
-            return _error(http_status(error), str(error), block)
+            return error_response(http_status(error), str(error), block)
         self.served += 1
         return Response(200, [("content-type", "application/octet-stream")], data)
 
     async def _head(self, block: str) -> Response:
         size = await self._size_of(block)
         if size is None:
-            return _error(404, f"block {block} is not cached", block)
+            return error_response(404, f"block {block} is not cached", block)
         return Response(200, [("content-type", "application/octet-stream"), ("content-length", str(size))], b"")
-
-
-def _error(status: int, message: str, block: str | None = None) -> Response:
-    body: dict[str, Any] = {"error": message, "status": status}
-    if block is not None and is_chunk_id(block):
-        body["chunk"] = block
-    return json_response(status, body)
 
 
 async def serve_rfs_store(
