@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .retry import backoff_s
+
 
 @dataclass
 class BanBook:
@@ -30,7 +32,7 @@ class BanBook:
             count = 0
         count += 1
         self._strikes[ip] = (count, now)
-        until = now + min(self.max_s, self.first_s * 2 ** (count - 1))
+        until = now + backoff_s(count, base_s=self.first_s, max_s=self.max_s)
         self._until[ip] = max(self._until.get(ip, 0.0), until)
         return self._until[ip]
 
