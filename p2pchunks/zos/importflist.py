@@ -29,10 +29,11 @@ from urllib.parse import unquote, urlsplit
 import httpx
 import trio
 
+from ..config.schema import FetchSection
 from ..errors import BadConfig, BadFlist, HubError, HubTimeout, HubUnavailable, first_error
 from ..files import atomic_write
 from ..formats.manifest import MAX_CHUNK_BYTES, ChunkRef, FileEntry, Manifest, build_manifest
-from ..hub.client import Hub, redact
+from ..hub.client import Hub, is_url, redact
 from ..hub.pool import HubPool, hub_urls
 from ..ids import chunk_relpath, default_verifier
 from .flist import FlistImage, read_flist
@@ -47,7 +48,6 @@ DEFAULT_HOT_LIMIT = 64
 MAX_FLIST_BYTES = 1 << 30
 """Largest flist accepted from a URL."""
 DEFAULT_CHUNK_SIZE = 512 * 1024
-_URL = re.compile(r"\Ahttps?://", re.IGNORECASE)
 _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _BOOT_FILES = re.compile(r"\A(?:boot/)?(?:vmlinu[xz]|initrd|initramfs|kernel)[^/]*\Z")
 _DISK_IMAGES = re.compile(r"\A[^/]+\.(?:raw|img|qcow2)\Z")
@@ -60,7 +60,7 @@ async def import_flist(
     out_dir: Path,
     name: str | None = None,
     version: str = "1",
-    concurrency: int = 16,
+    concurrency: int = FetchSection.hub_concurrency,
     hot_limit: int = DEFAULT_HOT_LIMIT,
     client: Hub | None = None,
 ) -> Manifest:
@@ -74,7 +74,7 @@ async def import_flist(
         raise BadConfig(f"import-flist: need concurrency ≥ 1 and hot_limit ≥ 0, got {concurrency}, {hot_limit}")
     source = str(flist)
     with tempfile.TemporaryDirectory(prefix="p2pchunks-import-") as tmp:
-        if _URL.match(source):
+        if is_url(source):
             local = Path(tmp) / "download"
             await _download(source, local)
         else:
@@ -87,7 +87,9 @@ async def import_flist(
     shown = ", ".join(redact(url) for url in (hub_urls(hub) if hub is not None else [url for *_, url in routes]))
     owned: HubPool | RoutedHub | None = None
     if client is None:
-        owned = client = HubPool(hub, concurrency=concurrency) if hub is not None else RoutedHub(routes)
+        owned = client = (
+            HubPool(hub, concurrency=concurrency) if hub is not None else RoutedHub(routes, concurrency=concurrency)
+        )
     log.info("importing %s: %d files, %d distinct blocks from %s", source, len(files), len(blocks), shown)
     try:
         sizes = await _fetch_all(client, blocks, out_dir, concurrency)
@@ -114,7 +116,7 @@ async def import_flist(
 
 def manifest_name_for(source: str) -> str:
     """A manifest name from a flist path or URL: its file name without ``.fl``/``.flist``, made name-safe."""
-    raw = unquote(urlsplit(source).path) if _URL.match(source) else source
+    raw = unquote(urlsplit(source).path) if is_url(source) else source
     stem = PurePosixPath(raw.replace("\\", "/")).name
     for suffix in (".flist", ".fl"):
         if stem.endswith(suffix):

@@ -18,6 +18,7 @@ from functools import partial
 from types import TracebackType
 from urllib.parse import quote
 
+from ..config.schema import FetchSection
 from ..errors import BadConfig, BadFlist, ChunkNotFound, ManifestNotFound
 from ..hub.client import hub_url_for_route
 from ..hub.pool import HubPool
@@ -47,11 +48,11 @@ def store_routes(image: FlistImage) -> list[Route]:
 class RoutedHub:
     """``get_chunk`` from the pool of the routes that cover the block; one pool per distinct set of stores."""
 
-    def __init__(self, routes: Sequence[Route], *, concurrency: int = 16, timeout: float = 10.0, retries: int = 3):
+    def __init__(self, routes: Sequence[Route], *, concurrency: int = FetchSection.hub_concurrency):
         if not routes:
             raise BadConfig("no store routes")
         self.routes = list(routes)
-        self._pool = partial(HubPool, concurrency=concurrency, timeout=timeout, retries=retries)
+        self._pool = partial(HubPool, concurrency=concurrency)
         self._pools: dict[tuple[str, ...], HubPool] = {}
 
     async def get_chunk(self, chunk_id: str) -> bytes:
