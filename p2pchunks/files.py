@@ -133,3 +133,9 @@ def blake2b_file(path: Path, digest_size: int, *, limit: int) -> tuple[str, int]
             digest.update(view[:n])
             size += n
     return digest.hexdigest(), size
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer may still use on the file system of ``path``."""
+    info = os.statvfs(path)
+    return info.f_bavail * info.f_frsize

@@ -20,7 +20,8 @@ import httpx
 import trio
 
 from ..agent.process import open_agent_process, write_config
-from .warmcache import build_warm_cache, free_disk
+from ..files import free_bytes
+from .warmcache import build_warm_cache
 
 SETTLE_S = 2.0
 IDLE_S = 10.0
@@ -83,7 +84,7 @@ async def bench_memory(cache_mib: list[int], manifests: int, workdir: Path | Non
     with tempfile.TemporaryDirectory(prefix="p2pchunks-memory-", dir=workdir) as tmp:
         work = Path(tmp)
         need = 2 * sum(cache_mib) * 2**20
-        if free_disk(work) < need:
+        if free_bytes(work) < need:
             raise SystemExit(f"bench memory needs about {need / 2**30:.1f} GiB free under {work}")
         runs = []
         for size in sorted(cache_mib):

@@ -50,8 +50,3 @@ def build_warm_cache(directory: Path, total_bytes: int, manifests: int, *, budge
             cache.record_manifest(manifest.manifest_id, manifest.name, manifest.chunk_ids)
             built.append(manifest)
     return WarmCache(directory, tuple(built))
-
-
-def free_disk(directory: Path) -> int:
-    stat = os.statvfs(directory)
-    return stat.f_bavail * stat.f_frsize

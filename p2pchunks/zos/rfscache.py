@@ -32,8 +32,9 @@ from typing import Literal
 
 import trio
 
+from ..config.schema import RfsSection
 from ..errors import BadConfig, BadManifest, ChunkCorrupt, ChunkNotFound, ChunkUnavailable, HubError, first_error
-from ..files import fsync_dir, write_temp
+from ..files import free_bytes, fsync_dir, write_temp
 from ..formats.manifest import Manifest
 from ..ids import chunk_relpath, default_verifier
 from .codec import decode
@@ -44,17 +45,10 @@ log = logging.getLogger(__name__)
 
 ZOS_RFS_CACHE = Path("/var/cache/modules/flistd/cache")
 """Where flistd points rfs (``--cache``) on a Zero-OS node."""
-DEFAULT_MIN_FREE = 512 * 1024 * 1024
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _CHUNK_ERRORS = (ChunkNotFound, ChunkUnavailable, ChunkCorrupt, HubError)
 
 FillOutcome = Literal["written", "present", "no_space"]
-
-
-def statvfs_free(path: Path) -> int:
-    """Bytes an unprivileged writer may still use on the file system of ``path``."""
-    info = os.statvfs(path)
-    return info.f_bavail * info.f_frsize
 
 
 @dataclass
@@ -74,8 +68,8 @@ class RfsCacheFiller:
         *,
         quota_bytes: int | None = None,
         fsync: bool = True,
-        min_free_bytes: int = DEFAULT_MIN_FREE,
-        free_space: Callable[[Path], int] = statvfs_free,
+        min_free_bytes: int = RfsSection.min_free_bytes,
+        free_space: Callable[[Path], int] = free_bytes,
         sync: Callable[[int], None] = os.fsync,
     ) -> None:
         if (quota_bytes is not None and quota_bytes < 0) or min_free_bytes < 0:
