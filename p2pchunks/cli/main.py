@@ -304,13 +304,13 @@ def api_address(api: str | None, token: str | None, config_path: Path | None) ->
     """The agent's API URL and token: as given, else from its configuration (file, defaults, environment)."""
     if api is not None and token is not None:
         return api, token
-    from ..config.schema import load_config, split_hostport
+    from ..config.schema import join_hostport, load_config, split_hostport
 
     config = load_config(config_path)
     if api is None:
         host, port = split_hostport(config.api.listen)
         host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-        api = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        api = f"http://{join_hostport(host, port)}"
     return api, config.api.token if token is None else token
 
 

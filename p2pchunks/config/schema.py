@@ -340,3 +340,8 @@ def split_hostport(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise BadConfig(f"not host:port: {value!r}")
     return host.strip("[]"), int(port)
+
+
+def join_hostport(host: str, port: int) -> str:
+    """``host:port``, an IPv6 host in brackets: what ``split_hostport`` reads."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

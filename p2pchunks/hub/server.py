@@ -34,6 +34,7 @@ from typing import Protocol
 
 import trio
 
+from ..config.schema import join_hostport
 from ..errors import BadChunkId
 from ..extras import missing_extra
 from ..http.messages import error_response
@@ -353,7 +354,7 @@ def raise_open_files(wanted: int) -> int:
 
 
 def _base_url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+    return f"http://{join_hostport(host, port)}/"
 
 
 @asynccontextmanager

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import libtorrent as lt
 import trio
 
-from ..config.schema import SwarmSection
+from ..config.schema import SwarmSection, join_hostport
 from ..formats.manifest import Manifest
 from .alerts import ALERT_MASK, AlertsDropped, InboundConnection, PeerDisconnected, SwarmEvent, pump_alerts
 from .floodguard import FloodGuard, share_of
@@ -87,7 +87,7 @@ def session_settings(settings: SwarmSettings) -> dict[str, Any]:
     """The libtorrent settings pack for ``settings`` (pure; tested without a session)."""
     seed = settings.profile == "seed"
     pack: dict[str, Any] = {
-        "listen_interfaces": f"{_bracket(settings.host)}:{settings.port}",
+        "listen_interfaces": join_hostport(settings.host, settings.port),
         "alert_mask": ALERT_MASK,
         "alert_queue_size": 100_000,
         "enable_dht": settings.dht,
@@ -135,10 +135,6 @@ def session_settings(settings: SwarmSettings) -> dict[str, Any]:
     if not _unspecified(settings.host):
         pack["outgoing_interfaces"] = settings.host
     return pack
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def _unspecified(host: str) -> bool:

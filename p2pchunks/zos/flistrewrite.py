@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from ..config.schema import join_hostport
 from ..errors import BadConfig, BadFlist
 from ..files import replacing
 from ..hub.rfsstore import rfs_http_block_urls, rfs_server_base
@@ -61,9 +62,8 @@ def parse_zdb_target(text: str) -> ZdbAddress:
 
 
 def zdb_url(address: ZdbAddress) -> str:
-    host = f"[{address.host}]" if ":" in address.host else address.host
     password = f":{address.password}@" if address.password else ""
-    return f"zdb://{password}{host}:{address.port}/{address.namespace}"
+    return f"zdb://{password}{join_hostport(address.host, address.port)}/{address.namespace}"
 
 
 def rewrite_flist(src: Path, dst: Path, zdb: str) -> Literal[1, 2]:

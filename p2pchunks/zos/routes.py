@@ -18,7 +18,7 @@ from functools import partial
 from types import TracebackType
 from urllib.parse import quote
 
-from ..config.schema import FetchSection
+from ..config.schema import FetchSection, join_hostport
 from ..errors import BadConfig, BadFlist, ChunkNotFound, ManifestNotFound
 from ..hub.client import hub_url_for_route
 from ..hub.pool import HubPool
@@ -41,8 +41,7 @@ def store_routes(image: FlistImage) -> list[Route]:
     namespace = backend.get("namespace") or "default"
     password = backend.get("password")
     secret = f":{quote(password, safe='')}@" if isinstance(password, str) and password else ""
-    shown = f"[{host}]" if ":" in host else host
-    return [(0, 255, f"zdb://{secret}{shown}:{port}/{quote(str(namespace), safe='')}")]
+    return [(0, 255, f"zdb://{secret}{join_hostport(host, port)}/{quote(str(namespace), safe='')}")]
 
 
 class RoutedHub:

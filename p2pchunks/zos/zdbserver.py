@@ -32,6 +32,7 @@ from typing import Protocol
 
 import trio
 
+from ..config.schema import join_hostport
 from ..errors import BadConfig, ChunkNotFound, P2PChunksError
 from ..hub.ratelimit import TokenBucket
 from ..hub.stats import HubStats
@@ -219,8 +220,7 @@ async def open_zdb_server(
     )
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(server.serve, host, port)
-        shown = f"[{host}]" if ":" in host else host
-        yield server, f"zdb://{shown}:{bound}/{DEFAULT_NAMESPACE}"
+        yield server, f"zdb://{join_hostport(host, bound)}/{DEFAULT_NAMESPACE}"
         nursery.cancel_scope.cancel()
 
 
