@@ -13,10 +13,10 @@ gap between samples (a sample that failed) counts as standing still when the val
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+
+from p2pchunks.procfs import cpu_seconds
 
 
 @dataclass(frozen=True)
@@ -54,24 +54,6 @@ def first_hub_chunk_s(timeline: Sequence[Sequence[float]], manifest_bytes: int) 
             return before
         before = float(row[0])
     return None
-
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def cpu_seconds(pid: int, proc: Path = Path("/proc")) -> float | None:
-    """User + system CPU seconds process ``pid`` has used so far (its threads included, its children not); None when
-    it cannot be read (gone, or no ``/proc``)."""
-    try:
-        text = (proc / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    # the command name is in parentheses and may hold spaces; the fields after it start with the state (field 3)
-    fields = text[text.rfind(")") + 2 :].split()
-    try:
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime: fields 14 and 15
-    except (IndexError, ValueError):
-        return None
 
 
 class CpuLedger:

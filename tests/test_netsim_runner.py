@@ -14,7 +14,8 @@ import trio
 from netsim.report import validate_result
 from netsim.runner import Run, RunOptions
 from netsim.scenarios import knobs_for, topology
-from netsim.timeline import NO_STALL, CpuLedger, Stall, cpu_seconds, longest_stall
+from netsim.timeline import NO_STALL, CpuLedger, Stall, longest_stall
+from p2pchunks.procfs import cpu_seconds
 
 # ---- stalls, pure ---------------------------------------------------------------------------------------------
 

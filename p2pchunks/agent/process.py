@@ -21,6 +21,8 @@ from typing import Any
 
 import trio
 
+from .. import procfs
+
 READY_TIMEOUT = 30.0
 READY_KEY = "p2pchunks_ready"
 MAX_LINE = 64 * 1024
@@ -77,23 +79,11 @@ class AgentProcess:
 
     def rss_bytes(self, field: str = "VmRSS") -> int:
         """A memory figure of the process from ``/proc/<pid>/status`` (``VmRSS``, ``RssAnon``...), 0 once gone."""
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
+        return procfs.memory_bytes(self.pid, field) or 0
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the process has used (0.0 once gone)."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        import os
-
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return procfs.cpu_seconds(self.pid) or 0.0
 
     def kill(self) -> None:
         """SIGKILL: no clean-up of any kind (the crash tests' weapon)."""
