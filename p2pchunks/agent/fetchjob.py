@@ -330,8 +330,6 @@ class FetchJob:
         scope: Iterable[str] = pending if self._window_bytes is None else (c for c in self._window if c in pending)
         candidates = [c for c in scope if self._retries.ready(c, now)]
         hub = self._hub_window
-        if self._last is not None:
-            hub.join(1 + sum(1 for peer in self._last.peers if not peer.seed))
         view, wanted = self._keeper.look(
             self._last,
             candidates,
@@ -345,6 +343,8 @@ class FetchJob:
             hub_time_s=hub.srtt,
             farm_window=hub.farm,
         )
+        if self._last is not None:
+            hub.join(len(view.candidates))  # the nodes that share the hub work: the rendezvous candidates
         for pick in pick_hub_chunks(wanted, view, self._params):
             log.debug("%s: hub %s (%s) elapsed %.2f", view.me, pick.chunk_id[:8], pick.reason.name, elapsed)
             self._inflight.add(pick.chunk_id)
